@@ -1,0 +1,111 @@
+"""The GAT objectives: what one discriminator step and one generator step minimise, combining
+DiffAugment, MNG, the relativistic pairing loss and R1/R2 (REFERENCE §3a-§3f).
+
+Randomness is always drawn from the `torch.Generator` passed in, never from shared mutable
+state: the z that the D and G steps share is an explicit argument of the trainer, not a side
+effect of this module (unlike the authors' code, where sharing it was an accident).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models.discriminator import stack_levels
+from .adversarial import discriminator_relativistic_loss, generator_relativistic_loss
+from .augment import AugmentParams, DiffAugment
+from .mng import MNG
+from .penalty import PENALTY_MODES, exact_gradient_penalty, finite_difference_penalty
+
+
+@dataclass
+class PenaltySettings:
+    mode: str = "approx"  # "approx" (the authors' default), "exact" (autograd R1/R2) or "none"
+    sigma: float = 0.01
+    gamma_r1: float = 0.1  # weighted by gamma / 2, as in the code
+    gamma_r2: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.mode not in PENALTY_MODES:
+            raise ValueError(f"unknown penalty mode {self.mode!r}; choose from {PENALTY_MODES}")
+
+
+class GATObjective:
+    def __init__(self, augment: DiffAugment, mng: MNG, penalty: PenaltySettings):
+        self.augment, self.mng, self.penalty = augment, mng, penalty
+
+    @property
+    def num_levels(self) -> int:
+        return self.mng.num_levels
+
+    def _draw(self, like: torch.Tensor, generator: torch.Generator) -> tuple[AugmentParams, torch.Tensor]:
+        """One sample's augmentation parameters and MNG noise; `like` is a [K, B, C, H, W] stack."""
+        params = self.augment.sample(like.shape[1], like.shape[-1], generator)
+        eps = torch.randn(like.shape, generator=generator, device=generator.device).to(like)
+        return params, eps
+
+    def perturb(self, levels: torch.Tensor, params: AugmentParams, eps: torch.Tensor) -> torch.Tensor:
+        """[K, B, C, H, W] -> D's input [B, K*C, H, W]: augment, then MNG noise, then stack."""
+        return stack_levels(self.mng(self.augment(levels, params), eps))
+
+    def real_levels(self, real: torch.Tensor) -> torch.Tensor:
+        return real.unsqueeze(0).expand(self.num_levels, *real.shape)
+
+    def discriminator_loss(
+        self, D: nn.Module, real: torch.Tensor, fake_levels: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """real [B, C, H, W] clean latents; fake_levels [K, B, C, H, W] detached generator exits.
+
+        All of D's inputs go through ONE forward call (real, fake and, for the approximated
+        penalty, their perturbed copies), which is both faster and what DDP expects."""
+        real_params, real_eps = self._draw(fake_levels, generator)
+        fake_params, fake_eps = self._draw(fake_levels, generator)
+        settings = self.penalty
+        inputs = [self.perturb(self.real_levels(real), real_params, real_eps),
+                  self.perturb(fake_levels, fake_params, fake_eps)]
+        if settings.mode == "approx":
+            # R1 perturbs the clean real latent once (then repeats it to K levels); R2 perturbs each
+            # fake level independently. Same augmentation and MNG noise as the main pass.
+            real_delta = torch.randn(real.shape, generator=generator, device=generator.device).to(real) * settings.sigma
+            fake_delta = torch.randn(fake_levels.shape, generator=generator, device=generator.device)
+            fake_delta = fake_delta.to(fake_levels) * settings.sigma
+            inputs += [self.perturb(self.real_levels(real + real_delta), real_params, real_eps),
+                       self.perturb(fake_levels + fake_delta, fake_params, fake_eps)]
+        elif settings.mode == "exact":
+            real = real.detach().requires_grad_(True)
+            fake_levels = fake_levels.detach().requires_grad_(True)
+            inputs = [self.perturb(self.real_levels(real), real_params, real_eps),
+                      self.perturb(fake_levels, fake_params, fake_eps)]
+        logits = D(torch.cat(inputs), y.repeat(len(inputs))).float().chunk(len(inputs))
+        real_logits, fake_logits = logits[0], logits[1]
+        adversarial = discriminator_relativistic_loss(real_logits, fake_logits)
+        stats = {"loss/D_adv": adversarial.mean().detach(),
+                 "D/real_logit": real_logits.mean().detach(), "D/fake_logit": fake_logits.mean().detach()}
+        loss = adversarial.mean()
+        if settings.mode != "none":
+            if settings.mode == "approx":
+                r1 = finite_difference_penalty(real_logits, logits[2], settings.sigma)
+                r2 = finite_difference_penalty(fake_logits, logits[3], settings.sigma)
+            else:
+                r1 = exact_gradient_penalty(real_logits, real)
+                r2 = exact_gradient_penalty(fake_logits, fake_levels, batch_dim=1)
+            loss = loss + settings.gamma_r1 / 2 * r1.mean() + settings.gamma_r2 / 2 * r2.mean()
+            stats |= {"loss/R1": r1.mean().detach(), "loss/R2": r2.mean().detach()}
+        stats["loss/D"] = loss.detach()
+        return loss, stats
+
+    def generator_loss(
+        self, D: nn.Module, real: torch.Tensor, fake_levels: torch.Tensor, y: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """fake_levels carry gradient to G; D's own parameters should be frozen by the caller."""
+        real_params, real_eps = self._draw(fake_levels, generator)
+        fake_params, fake_eps = self._draw(fake_levels, generator)
+        with torch.no_grad():
+            real_logits = D(self.perturb(self.real_levels(real), real_params, real_eps), y).float()
+        fake_logits = D(self.perturb(fake_levels, fake_params, fake_eps), y).float()
+        loss = generator_relativistic_loss(real_logits, fake_logits).mean()
+        return loss, {"loss/G": loss.detach()}

@@ -1,0 +1,93 @@
+"""Sampling API: a trained run -> images, with one random generator per sample seed so the image
+for (seed, class) is the same whatever the batch size or the number of devices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data.latents import LatentDataset
+from .images import to_uint8
+from .models import Generator, build_generator
+from .tokenizers import load_tokenizer
+from .tokenizers.base import LatentScaling, Tokenizer
+from .train.checkpoint import latest_checkpoint, load_network
+from .train.config import read_config
+
+
+@dataclass
+class Sampler:
+    generator: Generator
+    tokenizer: Tokenizer
+    scaling: LatentScaling
+    class_names: list[str]
+    device: torch.device
+
+    @classmethod
+    def from_run(cls, run: str | Path, checkpoint: str | Path | None = None, ema: bool = True,
+                 device: str | torch.device = "cpu") -> "Sampler":
+        """`run` is a run directory (its latest checkpoint) or a checkpoint directory."""
+        path = Path(checkpoint) if checkpoint else Path(run)
+        if not (path / "config.yaml").is_file() or not (path / "state.pt").is_file():
+            found = latest_checkpoint(path)
+            if found is None:
+                raise FileNotFoundError(f"{path} holds no checkpoint (train first with `gatgan train`)")
+            path = found
+        config = read_config(path / "config.yaml")
+        data = LatentDataset(config.data.path, in_memory=False)
+        G = build_generator(config.model.generator, input_size=data.latent_size, channels=data.latent_channels,
+                            num_classes=data.num_classes, num_exits=config.loss.mng.num_levels,
+                            z_dim=config.model.z_dim)
+        G.load_state_dict(load_network(path, "generator_ema" if ema else "generator"))
+        device = torch.device(device)
+        return cls(G.eval().requires_grad_(False).to(device), load_tokenizer(data.tokenizer_path).eval().to(device),
+                   data.scaling, data.class_names, device)
+
+    def class_index(self, name_or_index: str | int) -> int:
+        if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+            index = int(name_or_index)
+            if not 0 <= index < len(self.class_names):
+                raise ValueError(f"class {index} out of range [0, {len(self.class_names)})")
+            return index
+        if name_or_index not in self.class_names:
+            raise ValueError(f"unknown class {name_or_index!r}; classes: {', '.join(self.class_names)}")
+        return self.class_names.index(name_or_index)
+
+    @torch.no_grad()
+    def latents(self, seeds: list[int], labels: list[int], truncation: float = 1.0,
+                guidance: float = 1.0) -> torch.Tensor:
+        z = seeded_normal(seeds, self.generator.z_dim).to(self.device)
+        y = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        return self.generator(z, y, truncation=truncation, guidance=guidance)
+
+    @torch.no_grad()
+    def images(self, seeds: list[int], labels: list[int], truncation: float = 1.0, guidance: float = 1.0,
+               batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """uint8 NHWC images for each (seed, label) pair."""
+        if len(seeds) != len(labels):
+            raise ValueError(f"got {len(seeds)} seeds but {len(labels)} labels")
+        out = []
+        for start in tqdm(range(0, len(seeds), batch_size), desc="sample", unit="batch", disable=not progress):
+            stop = start + batch_size
+            latents = self.latents(seeds[start:stop], labels[start:stop], truncation, guidance)
+            out.append(to_uint8(self.tokenizer.decode(self.scaling.denormalize(latents))))
+        return np.concatenate(out)
+
+
+def seeded_normal(seeds: list[int], dim: int) -> torch.Tensor:
+    """One N(0, I) vector per seed, each from its own generator."""
+    return torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def class_balanced_labels(num: int, num_classes: int) -> list[int]:
+    """0, 1, ..., C-1, 0, 1, ...: every class appears num // C or num // C + 1 times."""
+    return [i % num_classes for i in range(num)]
+
+
+def write_npz(path: str | Path, images: np.ndarray, labels: list[int]) -> None:
+    """ADM-style sample batch: arr_0 uint8 NHWC images, arr_1 int64 labels."""
+    np.savez(path, arr_0=images, arr_1=np.asarray(labels, dtype=np.int64))

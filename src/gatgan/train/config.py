@@ -1,0 +1,170 @@
+"""Run configuration: plain dataclasses, YAML presets and dotted `key=value` overrides.
+
+Every number that comes from the paper or the authors' code has its default here, once, with the
+REFERENCE section it comes from. A run saves its resolved config, so `gatgan train` on an existing
+run directory resumes with exactly the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..losses.augment import DiffAugment
+from ..losses.mng import MNG
+from ..losses.objective import PenaltySettings
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class RunConfig:
+    name: str = "fmnist"
+    dir: str = "runs"
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/fmnist-vae"  # a directory written by `gatgan prepare`
+
+
+@dataclass
+class ModelConfig:
+    generator: str = "GAT-B/2"
+    discriminator: str = "GAT-B/2"  # chosen independently of G (REFERENCE §2c)
+    z_dim: int = 64  # REFERENCE §2b
+
+
+@dataclass
+class LossConfig:
+    # The loss components are configured by their own dataclasses (defaults: REFERENCE §3b-§3d).
+    mng: MNG = field(default_factory=MNG)
+    augment: DiffAugment = field(default_factory=DiffAugment)
+    penalty: PenaltySettings = field(default_factory=PenaltySettings)
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 2e-4  # REFERENCE §3g: eta_base at C_base
+    base_width: int = 768  # C_base (GAT-B)
+    width_aware: bool = True  # lr = base_lr * base_width / width, separately for G and D
+    beta1: float = 0.0
+    beta2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # global norm, G and D
+    ema_decay: float = 0.999  # per step, no warm-up
+
+
+@dataclass
+class TrainConfig:
+    kimg: float = 51200.0  # duration in thousands of real images (50K iterations at batch 512 ~ 20 epochs)
+    global_batch: int = 512  # REFERENCE §3g; independent of the number of devices
+    batch_per_device: int = 0  # 0: global_batch / world_size (no accumulation)
+    seed: int = 0
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPUs)
+    grad_checkpointing: bool = False
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    log_every: int = 50  # steps
+    sample_every: int = 1250
+    checkpoint_every: int = 1250
+    keep_checkpoints: int = 3  # older step folders are deleted; 0 keeps all
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir) / self.run.name
+
+
+def config_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or 'config'} must be a mapping, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(f'{where}{k}' for k in unknown)}; "
+                         f"valid keys under '{where or '.'}': {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = config_from_dict(type(default), value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, default, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, (int, str)):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    if isinstance(default, str) and value is None:  # `key=` on the command line
+        return ""
+    if type(value) is not type(default):
+        raise ValueError(f"{key} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML path, or the name of a preset shipped with gatgan (e.g. `fmnist`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    available = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a preset ({available})")
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`train.kimg=100` style overrides; values are parsed as YAML scalars."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {override!r} is not of the form section.key=value")
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {override!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    values = (yaml.safe_load(resolve_preset(str(preset)).read_text()) or {}) if preset else {}
+    return config_from_dict(Config, apply_overrides(values, overrides or []), "")
+
+
+def read_config(path: Path) -> Config:
+    """A config saved by `save_config` (in a run or checkpoint directory)."""
+    return config_from_dict(Config, yaml.safe_load(Path(path).read_text()), "")
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

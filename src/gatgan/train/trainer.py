@@ -1,0 +1,298 @@
+"""The GAT training loop: per iteration one D step, then one G step on the same real batch and
+the same z (REFERENCE §3a), an EMA update, and periodic logs, sample grids and checkpoints.
+
+Re-running the same command resumes: the step counter, networks, EMA, optimisers, the per-class
+w average and every random stream come back from the latest checkpoint, and the data order is a
+function of the step (see `BatchSchedule`), so the continuation is exactly the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import warnings
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from ..data.latents import BatchSchedule, LatentDataset
+from ..images import save_grid, to_uint8
+from ..losses.objective import GATObjective
+from ..models import build_discriminator, build_generator
+from ..sample import seeded_normal
+from ..tokenizers import load_tokenizer
+from .checkpoint import latest_checkpoint, load_network, load_state, save_checkpoint
+from .config import Config, read_config, save_config
+from .distributed import DistributedEnv, init_distributed, mean_across_processes
+from .ema import EMA
+from .optim import build_optimizer, width_aware_lr
+
+# Settings that may change when a run is resumed (durations and cadences); anything else must
+# match the saved config, or the continuation would silently be a different experiment.
+RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.threads", "train.batch_per_device", "train.device"}
+GRID_COLUMNS = 10
+GRID_MAX_ROWS = 16
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(saved: Config, new: Config) -> None:
+    old_values, new_values = _flatten(saved.to_dict()), _flatten(new.to_dict())
+    changed = sorted(k for k in new_values if old_values.get(k) != new_values[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = "; ".join(f"{k}: {old_values.get(k)!r} -> {new_values[k]!r}" for k in changed)
+        raise ValueError(f"the run directory already holds a run with different settings ({details}). "
+                         "Choose another run.name, or only change: " + ", ".join(sorted(RESUMABLE_CHANGES)))
+
+
+@dataclass
+class BatchPlan:
+    global_batch: int
+    per_device: int
+    accumulation: int
+
+    @classmethod
+    def resolve(cls, global_batch: int, batch_per_device: int, world_size: int) -> "BatchPlan":
+        per_device = batch_per_device or global_batch // world_size
+        if per_device <= 0 or global_batch % (per_device * world_size):
+            raise ValueError(f"train.global_batch={global_batch} must be a multiple of "
+                             f"train.batch_per_device={per_device} x world size {world_size}")
+        return cls(global_batch, per_device, global_batch // (per_device * world_size))
+
+
+class Trainer:
+    def __init__(self, config: Config, env: DistributedEnv | None = None, progress: bool = True):
+        self.config, self.progress = config, progress
+        self.env = env or init_distributed(config.train.device)
+        self.device = self.env.device
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
+        self.run_dir = config.run_dir
+        self._prepare_run_dir()
+        self.data = LatentDataset(config.data.path)
+        self.plan = BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, self.env.world_size)
+        self.schedule = BatchSchedule(len(self.data), self.plan.global_batch, config.train.seed)
+        self.total_steps = math.ceil(config.train.kimg * 1000 / self.plan.global_batch)
+        self._build_networks()
+        self.objective = GATObjective(config.loss.augment, config.loss.mng, config.loss.penalty)
+        stream = config.train.seed * 1_000_003 + self.env.rank
+        self.noise_rng = torch.Generator(self.device).manual_seed(stream)  # z, augmentation, MNG, penalty
+        self.data_rng = torch.Generator().manual_seed(stream + 500_009)  # posterior samples mean + std*eps
+        self.step = 0
+        self._resume()
+        # Buffers are not broadcast: the only mutable one (w_avg) is all-reduced by the generator.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
+            self.G_ddp = DDP(self.G, broadcast_buffers=False)
+            self.D_ddp = DDP(self.D, broadcast_buffers=False)
+
+    # ---------------------------------------------------------------- setup
+    def _prepare_run_dir(self) -> None:
+        saved = self.run_dir / "config.yaml"
+        if saved.is_file():
+            check_resumable(read_config(saved), self.config)
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, saved)
+        dist.barrier()
+
+    def _build_networks(self) -> None:
+        cfg, data = self.config, self.data
+        shape = dict(input_size=data.latent_size, channels=data.latent_channels, num_classes=data.num_classes)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.G = build_generator(cfg.model.generator, num_exits=cfg.loss.mng.num_levels, z_dim=cfg.model.z_dim,
+                                 **shape).to(self.device)
+        self.D = build_discriminator(cfg.model.discriminator, num_levels=cfg.loss.mng.num_levels,
+                                     **shape).to(self.device)
+        self.G.grad_checkpointing = self.D.grad_checkpointing = cfg.train.grad_checkpointing
+        self.ema = EMA(self.G, cfg.optim.ema_decay)
+        o = cfg.optim
+        self.lr_G = width_aware_lr(o.base_lr, self.G.width, o.base_width, o.width_aware)
+        self.lr_D = width_aware_lr(o.base_lr, self.D.width, o.base_width, o.width_aware)
+        betas = (o.beta1, o.beta2)
+        self.opt_G = build_optimizer(self.G, self.lr_G, betas, o.eps, o.weight_decay)
+        self.opt_D = build_optimizer(self.D, self.lr_D, betas, o.eps, o.weight_decay)
+
+    def _resume(self) -> None:
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            return
+        self.G.load_state_dict(load_network(checkpoint, "generator", self.device))
+        self.D.load_state_dict(load_network(checkpoint, "discriminator", self.device))
+        self.ema.model.load_state_dict(load_network(checkpoint, "generator_ema", self.device))
+        state = load_state(checkpoint)
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.step = int(state["step"])
+        rng = state["rng"]
+        if len(rng) == self.env.world_size:
+            self.noise_rng.set_state(rng[self.env.rank]["noise"])
+            self.data_rng.set_state(rng[self.env.rank]["data"])
+        elif self.env.is_main:
+            print(f"resuming a {len(rng)}-process run on {self.env.world_size} processes: "
+                  "random streams restart from new seeds (the data order is unaffected)")
+        if self.env.is_main:
+            print(f"resumed from {checkpoint} at step {self.step}")
+            self._truncate_stats(self.step)
+
+    # ---------------------------------------------------------------- one iteration
+    def _autocast(self):
+        enabled = self.config.train.precision == "bf16"
+        if self.config.train.precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision must be fp32 or bf16, got {self.config.train.precision!r}")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        batches = []
+        for micro in range(self.plan.accumulation):
+            indices = self.schedule.micro_batch(self.step, self.env.rank, self.env.world_size, micro,
+                                                self.plan.accumulation)
+            real, y = self.data.read(indices, self.data_rng)
+            z = torch.randn(len(y), self.config.model.z_dim, generator=self.noise_rng, device=self.device)
+            batches.append((real.to(self.device), y.to(self.device), z))
+        return batches
+
+    def _sync_context(self, model: DDP, micro: int):
+        """Gradients are all-reduced only on the last micro-batch of an accumulation."""
+        return model.no_sync() if micro < self.plan.accumulation - 1 else contextlib.nullcontext()
+
+    def _optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        batches = self._micro_batches()
+        scale = 1.0 / self.plan.accumulation
+        for micro, (real, y, z) in enumerate(batches):  # ---- D step
+            with torch.no_grad(), self._autocast():
+                fake = self.G(z, y, all_exits=True)
+            with self._sync_context(self.D_ddp, micro), self._autocast():
+                loss, micro_stats = self.objective.discriminator_loss(self.D_ddp, real, fake.float(), y,
+                                                                      self.noise_rng)
+                (loss * scale).backward()
+            for k, v in micro_stats.items():
+                stats[k] += v * scale
+        stats["grad_norm/D"] = self._optimizer_step(self.D, self.opt_D)
+
+        self.D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
+        for micro, (real, y, z) in enumerate(batches):  # ---- G step, same reals and z
+            with self._sync_context(self.G_ddp, micro), self._autocast():
+                fake = self.G_ddp(z, y, all_exits=True, update_w_avg=True)
+                loss, micro_stats = self.objective.generator_loss(self.D, real, fake.float(), y, self.noise_rng)
+                (loss * scale).backward()
+            for k, v in micro_stats.items():
+                stats[k] += v * scale
+        self.D.requires_grad_(True)
+        stats["grad_norm/G"] = self._optimizer_step(self.G, self.opt_G)
+        self.ema.update(self.G)
+        self.step += 1
+        return stats
+
+    # ---------------------------------------------------------------- outputs
+    @property
+    def stats_file(self) -> Path:
+        return self.run_dir / "stats.jsonl"
+
+    def _truncate_stats(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+        if self.stats_file.is_file():
+            lines = [line for line in self.stats_file.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= step]
+            self.stats_file.write_text("".join(line + "\n" for line in lines))
+
+    def save_samples(self) -> Path:
+        rows = list(range(0, self.data.num_classes, max(1, self.data.num_classes // GRID_MAX_ROWS)))[:GRID_MAX_ROWS]
+        labels = [c for c in rows for _ in range(GRID_COLUMNS)]
+        seeds = [s for _ in rows for s in range(GRID_COLUMNS)]
+        if not hasattr(self, "_tokenizer"):
+            self._tokenizer = load_tokenizer(self.data.tokenizer_path).to(self.device).eval()
+        with torch.no_grad():
+            z = seeded_normal(seeds, self.config.model.z_dim).to(self.device)
+            latents = self.ema.model(z, torch.tensor(labels, device=self.device))
+            images = to_uint8(self._tokenizer.decode(self.data.scaling.denormalize(latents.float())))
+        path = self.run_dir / "samples" / f"{self.step:08d}.png"
+        save_grid(images, GRID_COLUMNS, path)
+        return path
+
+    def save(self) -> None:
+        rng = {"noise": self.noise_rng.get_state(), "data": self.data_rng.get_state()}
+        gathered = [None] * self.env.world_size
+        dist.all_gather_object(gathered, rng)
+        if self.env.is_main:
+            state = {"step": self.step, "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+                     "rng": gathered}
+            networks = {"generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+                        "generator_ema": self.ema.model.state_dict()}
+            config_text = (self.run_dir / "config.yaml").read_text()
+            save_checkpoint(self.run_dir, self.step, networks, state, {"config.yaml": config_text},
+                            keep=self.config.train.keep_checkpoints)
+        dist.barrier()
+
+    # ---------------------------------------------------------------- loop
+    def train(self) -> None:
+        cfg = self.config.train
+        if self.env.is_main:
+            print(f"G {self.config.model.generator}: {sum(p.numel() for p in self.G.parameters()) / 1e6:.2f}M params, "
+                  f"lr {self.lr_G:.3g}; D {self.config.model.discriminator}: "
+                  f"{sum(p.numel() for p in self.D.parameters()) / 1e6:.2f}M params, lr {self.lr_D:.3g}; "
+                  f"batch {self.plan.global_batch} = {self.env.world_size} x {self.plan.per_device} x "
+                  f"{self.plan.accumulation}; {self.total_steps} steps")
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True,
+                   disable=not (self.progress and self.env.is_main))
+        window: dict[str, float] = defaultdict(float)
+        window_steps, window_start = 0, time.time()
+        while self.step < self.total_steps:
+            stats = self.train_step()
+            for k, v in stats.items():
+                window[k] += float(v)
+            window_steps += 1
+            bar.update(1)
+            finished = self.step == self.total_steps
+            if self.step % cfg.log_every == 0 or finished:
+                averaged = mean_across_processes({k: v / window_steps for k, v in window.items()}, self.device)
+                elapsed = time.time() - window_start
+                record = {"step": self.step, "kimg": round(self.step * self.plan.global_batch / 1000, 3),
+                          "sec_per_step": round(elapsed / window_steps, 4), **averaged}
+                if self.env.is_main:
+                    with open(self.stats_file, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    bar.set_postfix({"D": f"{averaged['loss/D']:.3f}", "G": f"{averaged['loss/G']:.3f}"})
+                window.clear()
+                window_steps, window_start = 0, time.time()
+            if self.env.is_main and (self.step % cfg.sample_every == 0 or finished):
+                self.save_samples()
+            if self.step % cfg.checkpoint_every == 0 or finished:
+                self.save()
+        bar.close()
+
+    def close(self) -> None:
+        """Releases the DDP wrappers. Their communication threads must be gone before the process
+        group is destroyed, or the interpreter can abort at exit (seen with gloo)."""
+        del self.G_ddp, self.D_ddp
+        gc.collect()
+
+
+def train(config: Config, progress: bool = True) -> Trainer:
+    trainer = Trainer(config, progress=progress)
+    trainer.train()
+    return trainer

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+from tinyrun import TINY_CLASSES, tiny_config
+
+from gatgan.sample import Sampler, class_balanced_labels, seeded_normal, write_npz
+from gatgan.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs")
+    train(tiny_config(tiny_data, run_dir), progress=False)
+    return run_dir / "tiny"
+
+
+def test_an_image_depends_only_on_its_seed_and_class(tiny_run):
+    sampler = Sampler.from_run(tiny_run)
+    seeds, labels = [3, 4, 5, 6, 7], [0, 1, 2, 0, 1]
+    together = sampler.images(seeds, labels, batch_size=5)
+    in_pieces = sampler.images(seeds, labels, batch_size=2)
+    alone = sampler.images([5], [2])
+    np.testing.assert_array_equal(together, in_pieces)
+    np.testing.assert_array_equal(together[2], alone[0])
+    assert together.dtype == np.uint8 and together.shape == (5, 8, 8, 1)
+
+
+def test_seeded_normal_uses_one_generator_per_seed():
+    torch.testing.assert_close(seeded_normal([9, 1], 4)[1], seeded_normal([1], 4)[0])
+
+
+def test_truncation_zero_collapses_a_class_to_its_average(tiny_run):
+    sampler = Sampler.from_run(tiny_run)
+    collapsed = sampler.latents([1, 2, 3], [1, 1, 1], truncation=0.0)
+    torch.testing.assert_close(collapsed[0], collapsed[2])
+    free = sampler.latents([1, 2], [1, 1], truncation=1.0)
+    assert not torch.allclose(free[0], free[1])
+
+
+def test_class_balanced_labels_cover_every_class_evenly():
+    labels = class_balanced_labels(25, 10)
+    assert np.bincount(labels).tolist() == [3] * 5 + [2] * 5
+
+
+def test_classes_can_be_asked_for_by_name_or_index(tiny_run):
+    sampler = Sampler.from_run(tiny_run)
+    assert sampler.class_index("bright") == 2 and sampler.class_index("1") == 1
+    with pytest.raises(ValueError, match=", ".join(TINY_CLASSES)):
+        sampler.class_index("purple")
+    with pytest.raises(ValueError, match="out of range"):
+        sampler.class_index(7)
+
+
+def test_npz_follows_the_adm_layout(tmp_path):
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    write_npz(tmp_path / "s.npz", images, [0, 1, 2, 0])
+    data = np.load(tmp_path / "s.npz")
+    assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (4, 8, 8, 1)
+    assert data["arr_1"].dtype == np.int64 and data["arr_1"].tolist() == [0, 1, 2, 0]
+
+
+def test_a_run_without_checkpoints_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gatgan train"):
+        Sampler.from_run(tmp_path)

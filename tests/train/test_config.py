@@ -1,0 +1,50 @@
+import pytest
+
+from gatgan.train.config import PRESET_DIR, Config, load_config, read_config, resolve_preset, save_config
+
+
+def test_defaults_are_the_papers_recipe():
+    c = Config()
+    assert (c.optim.base_lr, c.optim.base_width, c.optim.beta1, c.optim.beta2) == (2e-4, 768, 0.0, 0.99)
+    assert (c.optim.grad_clip, c.optim.ema_decay, c.train.global_batch) == (1.0, 0.999, 512)
+    assert (c.loss.penalty.sigma, c.loss.penalty.gamma_r1, c.loss.penalty.gamma_r2) == (0.01, 0.1, 0.1)
+    assert c.loss.mng.num_levels == 4 and c.loss.mng.form == "cumulative"
+    assert c.loss.augment.flip_prob == 0.4 and c.model.z_dim == 64
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+def test_every_shipped_preset_loads(preset):
+    config = load_config(preset)
+    assert config.run.name
+
+
+def test_overrides_parse_yaml_scalars_and_nested_keys():
+    c = load_config("fmnist", ["optim.base_lr=1e-3", "loss.mng.num_levels=1", "optim.width_aware=false",
+                               "loss.augment.policy=", "train.kimg=5"])
+    assert c.optim.base_lr == 1e-3 and c.loss.mng.num_levels == 1 and c.optim.width_aware is False
+    assert c.loss.augment.policy == "" and c.train.kimg == 5.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.kimgs=3", "unknown config key"),
+    ("optim.base_lr=fast", "must be a number"),
+    ("optim.width_aware=2", "true or false"),
+    ("model.generator=7", "must be a str"),
+    ("train", "section.key=value"),
+    ("loss.mng.form=sideways", "unknown MNG form"),
+    ("loss.penalty.mode=r3", "unknown penalty mode"),
+])
+def test_bad_settings_get_a_clear_error(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("fmnist", [override])
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config("fmnist", ["loss.mng.schedule=linear", "train.seed=7"])
+    save_config(config, tmp_path / "config.yaml")
+    assert read_config(tmp_path / "config.yaml") == config
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(FileNotFoundError, match="fmnist"):
+        resolve_preset("imagenet9000")
