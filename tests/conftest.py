@@ -1,7 +1,18 @@
 from pathlib import Path
 
 import pytest
+import torch
 from tinyrun import write_tiny_data
+
+
+@pytest.fixture(autouse=True)
+def _single_cpu_thread():
+    """The tests use tiny tensors: with two intra-op threads on a shared 2-core machine, OpenMP
+    hand-offs cost ~15 ms per matmul (far more than the work itself). Run single-threaded."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,38 @@ def test_approx_discriminator_loss_is_adv_plus_005_r1_plus_005_r2():
     assert stats["loss/R1"] > 0 and stats["loss/R2"] > 0
 
 
+def test_penalty_weights_are_half_of_gamma_for_each_term():
+    G, D = make_models()
+    with torch.no_grad():
+        D.head.weight.mul_(300.0)  # large input gradients, so the penalty terms dominate the loss
+    real, fake_levels, y, _ = make_batch(G)
+    assert (PenaltySettings().gamma_r1, PenaltySettings().gamma_r2, PenaltySettings().sigma) == (0.1, 0.1, 0.01)
+    for gamma_r1, gamma_r2 in [(0.1, 0.1), (0.2, 0.6)]:
+        objective = GATObjective(DiffAugment(), MNG(num_levels=K),
+                                 PenaltySettings(mode="approx", gamma_r1=gamma_r1, gamma_r2=gamma_r2))
+        loss, stats = objective.discriminator_loss(D, real, fake_levels, y, rng())
+        assert stats["loss/R1"] > 1 and stats["loss/R2"] > 1
+        penalty = loss.detach() - stats["loss/D_adv"]
+        expected = gamma_r1 / 2 * stats["loss/R1"] + gamma_r2 / 2 * stats["loss/R2"]
+        torch.testing.assert_close(penalty, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_augmentation_is_applied_before_mng_noise():
+    """Cutout and translation zero-fill the latent, and the noise comes after: D never sees exact
+    zeros, and every level keeps its noise std t_k."""
+    G, D = make_models()
+    batch = 16
+    real = torch.zeros(batch, CHANNELS, SIZE, SIZE)
+    fake_levels = torch.zeros(K, batch, CHANNELS, SIZE, SIZE)
+    recorder = Recorder(D)
+    make_objective(mode="none", policy="translation,cutout").discriminator_loss(
+        recorder, real, fake_levels, torch.zeros(batch, dtype=torch.long), rng())
+    x = recorder.calls[0][0]
+    assert (x != 0).all()
+    for part in x.chunk(2):
+        torch.testing.assert_close(by_level(part).flatten(1).std(1), T, rtol=0.06, atol=0)
+
+
 def test_approx_mode_runs_one_forward_over_real_fake_and_both_perturbed_copies():
     G, D = make_models()
     real, fake_levels, y, _ = make_batch(G, batch=4)

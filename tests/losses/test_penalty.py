@@ -1,6 +1,5 @@
 """R1 / R2 gradient penalties, exact and finite-difference (REFERENCE §3b)."""
 
-import pytest
 import torch
 from torch import nn
 

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gatgan.models.generator import ExitLayer, Generator, GeneratorBlock
@@ -150,6 +149,20 @@ def test_truncation_interpolates_from_class_average_towards_w():
         w = G.mapping(z, y)
         expected = G.w_avg[y] + 0.3 * (w - G.w_avg[y])  # StyleGAN psi = 0.3
         torch.testing.assert_close(G.truncate(w, y, 0.3), expected)
+
+
+def test_guidance_extrapolates_from_the_class_averaged_w_of_the_same_z():
+    G = make_generator()
+    z, y = inputs()
+    with torch.no_grad():
+        w = G.mapping(z, y)
+        w_null = torch.stack([
+            torch.stack([G.mapping(z[i:i + 1], torch.tensor([c]))[0] for c in range(CLASSES)]).mean(0)
+            for i in range(len(z))
+        ])
+        expected = G.synthesize(w_null + 2.0 * (w - w_null))
+        torch.testing.assert_close(G(z, y, guidance=2.0), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(G(z, y, guidance=1.0), G.synthesize(w), rtol=0, atol=0)
 
 
 def test_update_w_avg_is_a_beta_0995_ema_of_present_classes_only():

@@ -8,10 +8,12 @@ effect of this module (unlike the authors' code, where sharing it was an acciden
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models.discriminator import stack_levels
 from .adversarial import discriminator_relativistic_loss, generator_relativistic_loss
@@ -79,7 +81,11 @@ class GATObjective:
             fake_levels = fake_levels.detach().requires_grad_(True)
             inputs = [self.perturb(self.real_levels(real), real_params, real_eps),
                       self.perturb(fake_levels, fake_params, fake_eps)]
-        logits = D(torch.cat(inputs), y.repeat(len(inputs))).float().chunk(len(inputs))
+        # The exact penalty backpropagates through a gradient: only the math attention kernel has
+        # the second derivative (the fused CPU/flash kernels do not).
+        kernel = sdpa_kernel(SDPBackend.MATH) if settings.mode == "exact" else contextlib.nullcontext()
+        with kernel:
+            logits = D(torch.cat(inputs), y.repeat(len(inputs))).float().chunk(len(inputs))
         real_logits, fake_logits = logits[0], logits[1]
         adversarial = discriminator_relativistic_loss(real_logits, fake_logits)
         stats = {"loss/D_adv": adversarial.mean().detach(),
