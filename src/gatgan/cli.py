@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num", type=int, default=100, help="number of samples")
     sample.add_argument("--classes", help="comma-separated class names or indices (default: all, balanced)")
     sample.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    sample.add_argument("--truncation", type=float, default=1.0, help="StyleGAN convention: 1 = none, 0 = class mean")
+    sample.add_argument("--truncation", type=float, default=0.7,
+                        help="StyleGAN convention: 1 = none, 0 = class mean; the default 0.7 is the authors' "
+                             "generate.py default (their psi = 1 - ours = 0.3); use 1 for FID protocols")
     sample.add_argument("--guidance", type=float, default=1.0, help="w-space guidance scale (1 = none)")
     sample.add_argument("--batch-size", type=int, default=500)
     sample.add_argument("--out", help="write arr_0 (uint8 NHWC) and arr_1 (int64 labels) to this .npz")
