@@ -83,3 +83,15 @@ def test_training_learns_to_reconstruct_beyond_the_mean_image():
     assert report["psnr_sample"] > mean_image_psnr + 5
     assert report["posterior_std"] > 0
     assert len(report["latent_channel_mean"]) == len(report["latent_channel_std"]) == 4
+
+
+def test_kl_term_pulls_the_posterior_towards_the_prior():
+    images = rectangles(32)
+    reports = {}
+    for kl_weight in (0.0, 1.0):
+        vae, _ = train_small_vae(images, steps=100, batch_size=16, lr=3e-3, kl_weight=kl_weight,
+                                 progress=False, **TINY)
+        reports[kl_weight] = reconstruction_report(vae, images)
+    # measured: posterior std 0.26 -> 0.86, latent spread ~1.2 -> ~1.0 (a flipped KL sign gives 0.01 and ~6)
+    assert reports[1.0]["posterior_std"] > 2 * reports[0.0]["posterior_std"]
+    assert max(reports[1.0]["latent_channel_std"]) < 1.5
