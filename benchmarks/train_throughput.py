@@ -138,8 +138,9 @@ def worker(spec: dict) -> dict:
 def run_config(name: str, args: argparse.Namespace, threads: int, tmp: Path) -> dict:
     cfg = CONFIGS[name]
     overrides = [f"data.path={make_data(tmp, cfg['latent'], cfg['classes'])}", f"run.dir={tmp / 'runs'}",
-                 f"run.name={name}", f"train.device={args.device}", f"train.threads={threads}",
-                 f"train.precision={args.precision}"]
+                 f"run.name={name}", f"train.device={args.device}", f"train.precision={args.precision}"]
+    if args.threads:  # otherwise the preset's own setting (the CPU preset trains on one thread)
+        overrides.append(f"train.threads={args.threads}")
     if name == "s2":
         overrides += ["model.generator=GAT-S/2", "model.discriminator=GAT-S/2", f"train.global_batch={args.s2_batch}"]
     steps = args.steps or (20 if name == "cpu" else 5)
