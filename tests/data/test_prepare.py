@@ -6,8 +6,9 @@ import torch
 
 from gatgan.data.fashion_mnist import DEFAULT_ROOT
 from gatgan.data.latents import LatentDataset
-from gatgan.data.prepare import encode_moments, prepare_fashion_mnist, to_signed_unit, write_prepared
+from gatgan.data.prepare import encode_moments, prepare_fashion_mnist, write_prepared
 from gatgan.tokenizers import load_tokenizer
+from gatgan.tokenizers.base import to_signed_unit
 from gatgan.tokenizers.identity import IdentityTokenizer
 
 

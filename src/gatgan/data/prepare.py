@@ -16,18 +16,13 @@ import torch
 from tqdm import tqdm
 
 from ..tokenizers import load_tokenizer
-from ..tokenizers.base import LatentScaling, Tokenizer
+from ..tokenizers.base import LatentScaling, Tokenizer, to_signed_unit
 from ..tokenizers.identity import IdentityTokenizer
 from ..tokenizers.small_vae import reconstruction_report, train_small_vae
 from .fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, load_fashion_mnist
 from .latents import INDEX_FILE
 
 TOKENIZERS = ("small_vae", "identity")
-
-
-def to_signed_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return torch.from_numpy(np.asarray(images)).float().div(127.5).sub(1.0)
 
 
 @torch.no_grad()

@@ -13,8 +13,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def to_signed_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1], the range every tokenizer encodes from."""
+    return torch.as_tensor(np.asarray(images)).float().div(127.5).sub(1.0)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from .base import Tokenizer
+from .base import Tokenizer, to_signed_unit
 
 WEIGHTS_FILE = "tokenizer.safetensors"
 LOGVAR_RANGE = (-20.0, 5.0)  # std in [4.5e-5, 12]: keeps exp() finite and the KL gradient bounded
@@ -118,10 +118,6 @@ class SmallVAE(Tokenizer):
         return model.eval()
 
 
-def _to_signed_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(images).float().div(127.5).sub(1.0)
-
-
 def _kl_per_pixel(mean: torch.Tensor, logvar: torch.Tensor, pixels: int) -> torch.Tensor:
     """KL(q || N(0, I)) summed over latent elements, per image pixel, so kl_weight does not depend on size."""
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
@@ -176,7 +172,7 @@ def train_small_vae(
     for step in bar:
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(data), generator=generator), 0
-        batch = _to_signed_unit(data[order[cursor:cursor + batch_size]])
+        batch = to_signed_unit(data[order[cursor:cursor + batch_size]])
         cursor += batch_size
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
@@ -221,7 +217,7 @@ def reconstruction_report(vae: Tokenizer, images: np.ndarray, batch_size: int = 
     generator = torch.Generator().manual_seed(seed)
     psnr_mean, psnr_sample, stds, samples = [], [], [], []
     for start in range(0, len(images), batch_size):
-        batch = _to_signed_unit(images[start:start + batch_size])
+        batch = to_signed_unit(images[start:start + batch_size])
         mean, std = vae.encode_moments(batch)
         sample = mean + std * torch.randn(mean.shape, generator=generator)
         psnr_mean.append(_psnr(vae.decode(mean), batch))

@@ -24,10 +24,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ..data.latents import BatchSchedule, LatentDataset
-from ..images import save_grid, to_uint8
+from ..images import save_grid
 from ..losses.objective import GATObjective
 from ..models import build_discriminator, build_generator
-from ..sample import seeded_normal
+from ..sample import Sampler
 from ..tokenizers import load_tokenizer
 from .checkpoint import latest_checkpoint, load_network, load_state, save_checkpoint
 from .config import Config, read_config, save_config
@@ -222,14 +222,11 @@ class Trainer:
 
     def save_samples(self) -> Path:
         rows = list(range(0, self.data.num_classes, max(1, self.data.num_classes // GRID_MAX_ROWS)))[:GRID_MAX_ROWS]
-        labels = [c for c in rows for _ in range(GRID_COLUMNS)]
-        seeds = [s for _ in rows for s in range(GRID_COLUMNS)]
-        if not hasattr(self, "_tokenizer"):
-            self._tokenizer = load_tokenizer(self.data.tokenizer_path).to(self.device).eval()
-        with torch.no_grad():
-            z = seeded_normal(seeds, self.config.model.z_dim).to(self.device)
-            latents = self.ema.model(z, torch.tensor(labels, device=self.device))
-            images = to_uint8(self._tokenizer.decode(self.data.scaling.denormalize(latents.float())))
+        if not hasattr(self, "_sampler"):  # the EMA network is shared, so the sampler follows training
+            tokenizer = load_tokenizer(self.data.tokenizer_path).to(self.device).eval()
+            self._sampler = Sampler(self.ema.model, tokenizer, self.data.scaling, self.data.class_names, self.device)
+        images = self._sampler.images(seeds=[s for _ in rows for s in range(GRID_COLUMNS)],
+                                      labels=[c for c in rows for _ in range(GRID_COLUMNS)])
         path = self.run_dir / "samples" / f"{self.step:08d}.png"
         save_grid(images, GRID_COLUMNS, path)
         return path
