@@ -59,6 +59,11 @@ class Tokenizer(nn.Module):
         """raw latents [B, c, h, w] -> images [B, C, h*f, w*f], roughly in [-1, 1]."""
         raise NotImplementedError
 
+    def fixed_scaling(self) -> LatentScaling | None:
+        """The normalisation this latent space is published with (e.g. SD-VAE's 0.18215), or None
+        when `prepare` should measure per-channel statistics on the data instead."""
+        return None
+
     def config(self) -> dict:
         """JSON-serialisable arguments that rebuild this tokenizer (weights are saved separately)."""
         return {}
