@@ -7,9 +7,10 @@ from pathlib import Path
 
 from .base import LatentScaling, Tokenizer
 from .identity import IdentityTokenizer
+from .sd_vae import SDVAETokenizer
 from .small_vae import WEIGHTS_FILE, SmallVAE
 
-__all__ = ["IdentityTokenizer", "LatentScaling", "SmallVAE", "Tokenizer", "load_tokenizer"]
+__all__ = ["IdentityTokenizer", "LatentScaling", "SDVAETokenizer", "SmallVAE", "Tokenizer", "load_tokenizer"]
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
@@ -26,5 +27,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         if not (directory / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"tokenizer in {directory} is a {kind} but its weights {WEIGHTS_FILE} are missing")
         return SmallVAE.from_directory(directory, config)
+    if kind == SDVAETokenizer.kind:
+        return SDVAETokenizer.from_directory(directory, config)
     raise ValueError(f"tokenizer in {directory} has unknown kind {kind!r}; "
-                     f"known: {IdentityTokenizer.kind!r}, {SmallVAE.kind!r}")
+                     f"known: {IdentityTokenizer.kind!r}, {SmallVAE.kind!r}, {SDVAETokenizer.kind!r}")
