@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gatgan.data.prepare import write_prepared
+from gatgan.data.inputs import prepare_arrays
+from gatgan.data.prepare import PrepareOptions
 from gatgan.tokenizers.identity import IdentityTokenizer
 from gatgan.train.config import Config, load_config
 
@@ -26,9 +27,8 @@ def make_tiny_images(count: int, seed: int = 0, size: int = 8) -> tuple[np.ndarr
 
 def write_tiny_data(root: Path) -> Path:
     images, labels = make_tiny_images(96)
-    return write_prepared(root / "tiny", images=images, labels=labels,
-                          class_names=TINY_CLASSES, tokenizer=IdentityTokenizer(1), source="synthetic",
-                          progress=False)
+    return prepare_arrays(root / "tiny", images, labels, TINY_CLASSES, IdentityTokenizer(1), "synthetic",
+                          PrepareOptions(progress=False))
 
 
 def tiny_overrides(data: Path, run_dir: Path, **extra: object) -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.latents import LatentDataset
+from .data.card import RUN_TOKENIZER, read_data_card
 from .images import to_uint8
 from .models import Generator, build_generator
 from .tokenizers import load_tokenizer
@@ -38,14 +38,16 @@ class Sampler:
                 raise FileNotFoundError(f"{path} holds no checkpoint (train first with `gatgan train`)")
             path = found
         config = read_config(path / "config.yaml")
-        data = LatentDataset(config.data.path, in_memory=False)
-        G = build_generator(config.model.generator, input_size=data.latent_size, channels=data.latent_channels,
-                            num_classes=data.num_classes, num_exits=config.loss.mng.num_levels,
+        card, scaling = read_data_card(path)
+        channels, size = card["latent_shape"][:2]
+        G = build_generator(config.model.generator, input_size=size, channels=channels,
+                            num_classes=len(card["class_names"]), num_exits=config.loss.mng.num_levels,
                             z_dim=config.model.z_dim)
         G.load_state_dict(load_network(path, "generator_ema" if ema else "generator"))
         device = torch.device(device)
-        return cls(G.eval().requires_grad_(False).to(device), load_tokenizer(data.tokenizer_path).eval().to(device),
-                   data.scaling, data.class_names, device)
+        tokenizer = load_tokenizer(path.parent.parent / RUN_TOKENIZER)  # runs/<name>/checkpoints/<step>
+        return cls(G.eval().requires_grad_(False).to(device), tokenizer.eval().to(device), scaling,
+                   card["class_names"], device)
 
     def class_index(self, name_or_index: str | int) -> int:
         if isinstance(name_or_index, int) or str(name_or_index).isdigit():

@@ -1,10 +1,22 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from gatgan.data.inputs import prepare_arrays
 from gatgan.data.latents import BatchSchedule, LatentDataset
-from gatgan.data.prepare import latent_scaling, write_prepared
+from gatgan.data.prepare import PrepareOptions
+from gatgan.data.shards import array_path
 from gatgan.tokenizers.identity import IdentityTokenizer
+
+
+def _prepared(tmp_path, count=23, shard_size=5, **options):
+    images = np.random.default_rng(0).integers(0, 256, (count, 1, 4, 4), dtype=np.uint8)
+    labels = np.arange(count) % 3
+    path = prepare_arrays(tmp_path / "d", images, labels, ["a", "b", "c"], IdentityTokenizer(1), "test",
+                          PrepareOptions(progress=False, shard_size=shard_size, **options))
+    return path, images, labels
 
 
 def test_every_epoch_visits_each_example_once():
@@ -15,16 +27,6 @@ def test_every_epoch_visits_each_example_once():
     assert not torch.equal(stream[:10], stream[10:])  # each epoch is shuffled anew
 
 
-def test_global_batches_do_not_depend_on_devices_or_accumulation():
-    schedule = BatchSchedule(num_examples=50, global_batch=12, seed=0)
-    for step in (0, 4, 9):
-        whole = schedule.global_indices(step)
-        for world, accumulation in ((1, 1), (2, 1), (2, 3), (4, 3)):
-            parts = [schedule.micro_batch(step, rank, world, micro, accumulation)
-                     for micro in range(accumulation) for rank in range(world)]
-            assert torch.equal(torch.cat(parts), whole)
-
-
 def test_schedule_is_a_function_of_seed_and_step_only():
     a = BatchSchedule(100, 8, seed=1)
     b = BatchSchedule(100, 8, seed=1)
@@ -33,45 +35,69 @@ def test_schedule_is_a_function_of_seed_and_step_only():
     assert not torch.equal(a.global_indices(3), BatchSchedule(100, 8, seed=2).global_indices(3))
 
 
-def test_reading_draws_a_fresh_posterior_sample_and_normalises(tmp_path):
-    images = np.random.default_rng(0).integers(0, 255, (20, 1, 4, 4), dtype=np.uint8)
-    path = write_prepared(tmp_path / "d", images=images, labels=np.arange(20) % 2, class_names=["a", "b"],
-                          tokenizer=IdentityTokenizer(1), source="test", progress=False)
+def test_gather_across_shards_returns_rows_in_the_order_asked(tmp_path):
+    path, images, labels = _prepared(tmp_path)
     data = LatentDataset(path)
-    moments = np.load(path / "moments.npy")
-    moments[:, 1:] = 0.5  # give the posterior a known std
-    np.save(path / "moments.npy", moments)
-    data = LatentDataset(path)
-    generator = torch.Generator().manual_seed(0)
-    indices = torch.tensor([5, 2, 5])
-    first, labels = data.read(indices, generator)
-    second, _ = data.read(indices, generator)
-    assert labels.tolist() == [1, 0, 1]
-    raw_mean = torch.from_numpy(moments[[5, 2, 5], :1])
-    noise = (data.scaling.denormalize(first) - raw_mean) / 0.5
-    assert noise.std().item() == pytest.approx(1.0, abs=0.3)
-    assert not torch.equal(first, second)  # a new eps each read
-    assert not torch.equal(first[0], first[2])  # and per occurrence
+    assert len(data.index["shards"]) == 5 and data.offsets.tolist() == [0, 5, 10, 15, 20, 23]
+    indices = np.array([22, 0, 7, 7, 14, 3, 19])
+    np.testing.assert_array_equal(data.gather("images", indices), images[indices])
+    np.testing.assert_array_equal(data.labels(indices).numpy(), labels[indices])
+    with pytest.raises(IndexError):
+        data.gather("labels", np.array([23]))
 
 
-def test_latent_scaling_gives_unit_variance_latents():
-    rng = np.random.default_rng(123)  # not latent_scaling's own seed, or its noise would equal `mean`'s
-    mean = rng.normal(3.0, 2.0, (4000, 2, 2, 2))
-    std = np.full_like(mean, 0.5)
-    scaling = latent_scaling(np.concatenate([mean, std], axis=1))
-    samples = torch.from_numpy(mean + std * rng.standard_normal(mean.shape)).float()
-    normalised = scaling.normalize(samples)
-    assert normalised.mean().item() == pytest.approx(0.0, abs=0.05)
-    assert normalised.std().item() == pytest.approx(1.0, abs=0.05)
-    torch.testing.assert_close(scaling.denormalize(normalised), samples, rtol=1e-5, atol=1e-5)
+def test_latents_are_a_normalised_posterior_sample(tmp_path):
+    path, images, _ = _prepared(tmp_path)
+    for shard in range(5):  # give the identity posterior a known std
+        moments = np.load(array_path(path, shard, "moments"))
+        moments[:, 1:] = 0.5
+        np.save(array_path(path, shard, "moments"), moments)
+    data = LatentDataset(path)
+    indices = np.array([5, 2, 5])
+    noise = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    latents = data.latents(indices, noise)
+    raw_mean = torch.from_numpy(images[indices]).float() / 127.5 - 1
+    torch.testing.assert_close(data.scaling.denormalize(latents), raw_mean + 0.5 * noise, rtol=1e-5, atol=1e-5)
+
+
+def test_flipped_moments_are_read_where_asked(tmp_path):
+    path, images, _ = _prepared(tmp_path, flip=True)
+    data = LatentDataset(path)
+    assert data.has_flipped
+    indices, flip = np.array([1, 2, 3]), np.array([False, True, False])
+    latents = data.scaling.denormalize(data.latents(indices, torch.zeros(3, 1, 4, 4), flip))
+    expected = torch.from_numpy(images[indices]).float() / 127.5 - 1
+    expected[1] = expected[1].flip(-1)
+    torch.testing.assert_close(latents, expected, rtol=1e-5, atol=1e-5)
+    mirrored = data.images(indices, flip)
+    np.testing.assert_array_equal(mirrored[1].numpy(), images[2][..., ::-1])
+    np.testing.assert_array_equal(mirrored[0].numpy(), images[1])
+
+
+def test_per_channel_scaling_gives_unit_variance_latents(tmp_path):
+    path, _, _ = _prepared(tmp_path, count=400, shard_size=64)
+    data = LatentDataset(path)
+    latents = data.latents(np.arange(400), torch.zeros(400, 1, 4, 4))
+    assert latents.mean().item() == pytest.approx(0.0, abs=0.02)
+    assert latents.std().item() == pytest.approx(1.0, abs=0.02)
 
 
 def test_missing_or_inconsistent_data_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="gatgan prepare"):
         LatentDataset(tmp_path)
-    images = np.zeros((6, 1, 4, 4), dtype=np.uint8)
-    path = write_prepared(tmp_path / "d", images=images, labels=np.zeros(6), class_names=["a"],
-                          tokenizer=IdentityTokenizer(1), source="test", progress=False)
-    np.save(path / "labels.npy", np.zeros(5, dtype=np.int64))
-    with pytest.raises(ValueError, match="6 examples"):
+    path, _, _ = _prepared(tmp_path)
+    index = json.loads((path / "index.json").read_text())
+    index["shards"][0]["count"] = 4
+    (path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="22 examples"):
         LatentDataset(path)
+    index["format"] = 1
+    (path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="prepare` again"):
+        LatentDataset(path)
+
+
+def test_an_interrupted_prepare_is_named_in_the_error(tmp_path):
+    (tmp_path / "d.partial").mkdir()
+    with pytest.raises(FileNotFoundError, match="interrupted prepare"):
+        LatentDataset(tmp_path / "d")

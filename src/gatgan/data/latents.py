@@ -1,10 +1,14 @@
-"""Prepared training data: posterior moments + labels on disk, and a deterministic batch order.
+"""Prepared training data: posterior moments + labels in memory-mapped shards, and a batch order
+that depends only on (seed, step).
 
 Layout of a prepared directory (written by `gatgan.data.prepare`):
-    index.json      count, latent shape, class names, latent scaling, tokenizer sub-directory
-    moments.npy     float32 [N, 2c, h, w]: posterior mean ‖ std in raw tokenizer units
-    labels.npy      int64 [N]
-    images.npy      uint8 [N, C, H, W]: the source images (REPA targets and evaluation use them)
+    index.json      count, shard counts, latent shape, class names, latent scaling and statistics,
+                    tokenizer identity, what was skipped and why
+    shards/NNNNN.moments.npy       float [n, 2c, h, w]: posterior mean ‖ std in raw tokenizer units
+    shards/NNNNN.moments_flip.npy  the same for the horizontally flipped image (optional)
+    shards/NNNNN.labels.npy        int64 [n]
+    shards/NNNNN.images.npy        uint8 [n, C, H, W]: source images after the crop (optional;
+                                   the REPA teacher and evaluation read them)
     tokenizer/      the tokenizer that produced the moments (`gatgan.tokenizers.load_tokenizer`)
 """
 
@@ -17,28 +21,38 @@ import numpy as np
 import torch
 
 from ..tokenizers.base import LatentScaling
+from .shards import open_array
 
 INDEX_FILE = "index.json"
+FORMAT = 2
 
 
 class LatentDataset:
-    """Random access to prepared latents. A fresh posterior sample mean + std * eps is drawn on
-    every read (REFERENCE §2a), then normalised to unit scale with the stored `LatentScaling`."""
+    """Random access to prepared examples without loading them: each shard array is memory-mapped
+    on first use (in each process, so DataLoader workers share the page cache, not copies)."""
 
-    def __init__(self, path: str | Path, in_memory: bool = True):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         index_file = self.path / INDEX_FILE
         if not index_file.is_file():
-            raise FileNotFoundError(f"{self.path} is not a prepared data set (no {INDEX_FILE}); "
+            hint = " (an interrupted prepare: re-run the same command to finish it)" if \
+                self.path.with_name(self.path.name + ".partial").is_dir() else ""
+            raise FileNotFoundError(f"{self.path} is not a prepared data set (no {INDEX_FILE}){hint}; "
                                     "create it with `gatgan prepare`")
         self.index = json.loads(index_file.read_text())
-        mode = None if in_memory else "r"
-        self.moments = np.load(self.path / "moments.npy", mmap_mode=mode)
-        self.labels = np.load(self.path / "labels.npy", mmap_mode=mode)
-        if len(self.moments) != self.index["count"] or len(self.labels) != self.index["count"]:
-            raise ValueError(f"{self.path}: index.json says {self.index['count']} examples but the arrays "
-                             f"hold {len(self.moments)} moments and {len(self.labels)} labels")
+        if self.index.get("format") != FORMAT:
+            raise ValueError(f"{self.path} was prepared in format {self.index.get('format')}, this gatgan reads "
+                             f"format {FORMAT}; run `gatgan prepare` again")
+        counts = [shard["count"] for shard in self.index["shards"]]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if self.offsets[-1] != self.index["count"]:
+            raise ValueError(f"{self.path}: the shards hold {self.offsets[-1]} examples, index.json says "
+                             f"{self.index['count']}")
         self.scaling = LatentScaling(**self.index["scaling"])
+        self._arrays: dict[tuple[int, str], np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": {}}  # workers re-map the files instead of pickling them
 
     def __len__(self) -> int:
         return int(self.index["count"])
@@ -60,18 +74,62 @@ class LatentDataset:
         return int(self.index["latent_shape"][1])
 
     @property
-    def tokenizer_path(self) -> Path:
-        return self.path / self.index["tokenizer"]
+    def has_flipped(self) -> bool:
+        return bool(self.index["arrays"].get("moments_flip"))
 
-    def read(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (normalised latents [B, c, h, w] float32, labels [B] int64), on the CPU."""
-        order = np.sort(indices.numpy())  # sorted reads are friendlier to memory-mapped files
-        position = np.searchsorted(order, indices.numpy())
-        moments = torch.from_numpy(np.ascontiguousarray(self.moments[order][position], dtype=np.float32))
-        labels = torch.from_numpy(np.asarray(self.labels[order][position], dtype=np.int64))
-        mean, std = moments.chunk(2, dim=1)
-        eps = torch.randn(mean.shape, generator=generator)
-        return self.scaling.normalize(mean + std * eps), labels
+    @property
+    def has_images(self) -> bool:
+        return bool(self.index["arrays"].get("images"))
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / self.index["tokenizer"]["path"]
+
+    def _array(self, shard: int, name: str) -> np.ndarray:
+        key = (shard, name)
+        if key not in self._arrays:
+            self._arrays[key] = open_array(self.path, shard, name)
+        return self._arrays[key]
+
+    def gather(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Rows `indices` (global example numbers) of one stored array, in the order asked for.
+        Each shard is read with sorted indices, which is what memory-mapped files like best."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"example indices must be in [0, {len(self)})")
+        shards = np.searchsorted(self.offsets, indices, side="right") - 1
+        parts, where = [], []
+        for shard in np.unique(shards):
+            positions = np.flatnonzero(shards == shard)
+            local = indices[positions] - self.offsets[shard]
+            order = np.argsort(local, kind="stable")
+            parts.append(self._array(int(shard), name)[local[order]])
+            where.append(positions[order])
+        if not parts:
+            return self._array(0, name)[:0]
+        out = np.empty((len(indices), *parts[0].shape[1:]), dtype=parts[0].dtype)
+        for rows, positions in zip(parts, where):
+            out[positions] = rows
+        return out
+
+    def latents(self, indices: np.ndarray, noise: torch.Tensor, flip: np.ndarray | None = None) -> torch.Tensor:
+        """Normalised posterior samples `scaling(mean + std * noise)` (REFERENCE §2a), reading the
+        flipped image's moments where `flip` is set."""
+        moments = self.gather("moments", indices)
+        if flip is not None and flip.any():
+            moments[flip] = self.gather("moments_flip", np.asarray(indices)[flip])
+        mean, std = torch.from_numpy(moments.astype(np.float32, copy=False)).chunk(2, dim=1)
+        return self.scaling.normalize(mean + std * noise)
+
+    def labels(self, indices: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.gather("labels", indices).astype(np.int64))
+
+    def images(self, indices: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+        """uint8 [B, C, H, W] source images, mirrored where `flip` is set."""
+        images = self.gather("images", indices)
+        if flip is not None:
+            images[flip] = images[flip][..., ::-1]
+        return torch.from_numpy(images)
 
 
 class BatchSchedule:
@@ -79,8 +137,8 @@ class BatchSchedule:
 
     Examples are consumed in a stream of epoch-wise permutations (epoch e is shuffled with seed
     (seed, e)); global batch s is stream positions [s*B, (s+1)*B). It is split into
-    `world_size * accumulation` equal micro-batches, so that a run on 1 or on 64 devices sees the
-    same global batches and resuming needs nothing but the step number.
+    `world_size * accumulation` equal micro-batches (`gatgan.data.loader`), so that a run on 1 or on
+    64 devices sees the same global batches and resuming needs nothing but the step number.
     """
 
     def __init__(self, num_examples: int, global_batch: int, seed: int):
@@ -97,7 +155,3 @@ class BatchSchedule:
         positions = torch.arange(step * self.global_batch, (step + 1) * self.global_batch)
         epochs, offsets = positions // self.num_examples, positions % self.num_examples
         return torch.cat([self._permutation(int(e))[offsets[epochs == e]] for e in epochs.unique()])
-
-    def micro_batch(self, step: int, rank: int, world_size: int, micro: int, accumulation: int) -> torch.Tensor:
-        parts = self.global_indices(step).chunk(world_size * accumulation)
-        return parts[micro * world_size + rank]

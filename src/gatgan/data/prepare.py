@@ -1,136 +1,393 @@
-"""`gatgan prepare` for the embedded stack: Fashion-MNIST -> a trained tokenizer -> stored moments.
+"""`gatgan prepare`: labelled images -> a tokenizer's posterior moments in shards, on 1..N processes.
 
-The output directory is written under a temporary name and renamed when complete, so an
-interrupted prepare never leaves a directory that looks finished; a finished one is reused.
+The source's fixed listing is cut into shards of `shard_size` consecutive examples; shard s belongs
+to process s % world_size (under `torchrun`; on many nodes the output must be on a shared file
+system). Everything is written into `<out>.partial/`, and each shard is complete once its record
+exists, so re-running the same command after an interruption redoes only unfinished shards. When
+all shards exist, rank 0 computes the latent statistics, writes `index.json` and renames the
+directory to `<out>`: a directory without `.partial` is always complete, and is never overwritten.
+
+The processes never talk to each other, they only look at files: no collective can time out while
+one rank is still encoding, and a 2-process prepare writes exactly what a 1-process prepare writes.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+import sys
 import time
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..tokenizers import load_tokenizer
 from ..tokenizers.base import LatentScaling, Tokenizer, to_signed_unit
-from ..tokenizers.identity import IdentityTokenizer
-from ..tokenizers.small_vae import reconstruction_report, train_small_vae
-from .fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, load_fashion_mnist
-from .latents import INDEX_FILE
+from .imaging import BadImage, is_power_of_two
+from .latents import FORMAT, INDEX_FILE
+from .shards import open_array, read_record, shard_name, write_shard
+from .sources import ExampleSource, Problem
 
-TOKENIZERS = ("small_vae", "identity")
+SETTINGS_FILE = "prepare.json"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_REPORT = "report.json"
+LATENT_NORMS = ("auto", "fixed", "per-channel")
+MOMENT_DTYPES = ("float32", "float16")
+SHOWN_PER_REASON = 10  # problems printed per kind; all of them are in skipped.jsonl
+
+# Builds the tokenizer (training it, for the embedded VAE) and returns it with a JSON report.
+TokenizerProvider = Callable[[], tuple[Tokenizer, dict]]
+
+
+@dataclass
+class PrepareOptions:
+    shard_size: int = 5000
+    flip: bool = False  # also store the moments of the horizontally flipped image
+    store_images: bool = True  # keep the cropped uint8 images (REPA targets, evaluation)
+    moments_dtype: str = "float32"
+    latent_norm: str = "auto"  # auto: the tokenizer's published scaling if it has one, else per-channel
+    seed: int = 0  # posterior samples for the latent statistics
+    batch_size: int = 64  # images per tokenizer call
+    workers: int = -1  # image-decoding processes per rank; -1: the cores divided among ranks
+    device: str = "auto"
+    progress: bool = True
+
+    def output_settings(self) -> dict:
+        """The options that change what is written: a resumed prepare must use the same ones."""
+        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "workers", "device", "progress")}
+
+    def validate(self) -> None:
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise ValueError("shard size and batch size must be positive")
+        if self.latent_norm not in LATENT_NORMS:
+            raise ValueError(f"latent norm must be one of {LATENT_NORMS}, got {self.latent_norm!r}")
+        if self.moments_dtype not in MOMENT_DTYPES:
+            raise ValueError(f"moments dtype must be one of {MOMENT_DTYPES}, got {self.moments_dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def check_resolution(resolution: int) -> None:
+    if not (is_power_of_two(resolution) and resolution >= 8):
+        raise ValueError(f"resolution must be a power of two >= 8 (e.g. 256 or 512), got {resolution}")
+
+
+@dataclass
+class _Ranks:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+    @classmethod
+    def from_environment(cls) -> "_Ranks":
+        values = [int(os.environ.get(k, d)) for k, d in
+                  (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1))]
+        return cls(*values)
+
+    def device(self, preference: str) -> torch.device:
+        if preference == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda but CUDA is not available")
+        if preference != "cpu" and torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+
+def _wait_until(done: Callable[[], bool], what: str, poll_seconds: float = 2.0) -> None:
+    if done():
+        return
+    print(f"waiting for {what} ...", flush=True)
+    while not done():
+        time.sleep(poll_seconds)
+
+
+# ------------------------------------------------------------------------------ encoding
+class _Loading(Dataset):
+    """Loads examples in worker processes; a bad one comes back as a Problem instead of an error."""
+
+    def __init__(self, source: ExampleSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, self.source.load(index)
+        except BadImage as error:
+            return index, Problem(self.source.key(index), str(error))
+
+
+def _identity_collate(batch: list) -> list:
+    return batch
 
 
 @torch.no_grad()
-def encode_moments(tokenizer: Tokenizer, images: np.ndarray, batch_size: int = 1000,
-                   progress: bool = True) -> np.ndarray:
-    """uint8 images -> float32 [N, 2c, h, w] moments (mean ‖ std)."""
-    chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc="encode", unit="batch", disable=not progress):
-        mean, std = tokenizer.encode_moments(to_signed_unit(images[start:start + batch_size]))
-        chunks.append(torch.cat([mean, std], dim=1).numpy())
-    return np.concatenate(chunks)
+def encode_moments(tokenizer: Tokenizer, images: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """uint8 [B, C, H, W] -> float32 [B, 2c, h, w] posterior moments (mean ‖ std)."""
+    mean, std = tokenizer.encode_moments(to_signed_unit(images).to(device))
+    return torch.cat([mean, std], dim=1).float().cpu().numpy()
 
 
-def latent_scaling(moments: np.ndarray, seed: int = 0) -> LatentScaling:
-    """Per-channel shift and scale that give the sampled latents zero mean and unit variance."""
-    generator = np.random.default_rng(seed)
-    mean, std = np.split(moments.astype(np.float64), 2, axis=1)
-    samples = mean + std * generator.standard_normal(mean.shape)
-    channel_mean = samples.mean(axis=(0, 2, 3))
-    channel_std = samples.std(axis=(0, 2, 3))
-    return LatentScaling(shift=channel_mean.tolist(), scale=(1.0 / np.maximum(channel_std, 1e-6)).tolist())
+class _ShardBuilder:
+    """Collects the loaded batches of one shard, then writes its arrays and record."""
+
+    def __init__(self, shard: int, options: PrepareOptions):
+        self.shard, self.options, self.started = shard, options, time.time()
+        self.parts: dict[str, list[np.ndarray]] = {"moments": [], "labels": [], "images": [], "moments_flip": []}
+        self.problems: list[list[str]] = []
+        self.notes: list[list[str]] = []
+
+    def add(self, loaded: list, source: ExampleSource, tokenizer: Tokenizer, device: torch.device) -> None:
+        examples = []
+        for index, item in loaded:
+            if isinstance(item, Problem):
+                self.problems.append([item.key, item.reason])
+                continue
+            examples.append(item)
+            if item.note:
+                self.notes.append([source.key(index), item.note])
+        if not examples:
+            return
+        images = np.stack([e.image for e in examples])
+        if examples[0].moments is not None:  # imported data: the moments were computed elsewhere
+            moments = np.stack([e.moments for e in examples]).astype(np.float32)
+        else:
+            moments = encode_moments(tokenizer, images, device)
+        dtype = self.options.moments_dtype
+        self.parts["moments"].append(moments.astype(dtype))
+        self.parts["labels"].append(np.array([e.label for e in examples], dtype=np.int64))
+        if self.options.store_images:
+            self.parts["images"].append(images)
+        if self.options.flip:
+            self.parts["moments_flip"].append(encode_moments(tokenizer, images[..., ::-1].copy(), device).astype(dtype))
+
+    def write(self, root: Path) -> None:
+        arrays = {name: np.concatenate(parts) for name, parts in self.parts.items() if parts}
+        count = len(arrays["labels"]) if arrays else 0
+        record = {"count": count, "problems": self.problems, "notes": self.notes, "started": self.started}
+        if count:
+            record.update(self._latent_sums(arrays["moments"]))
+        record["finished"] = time.time()
+        write_shard(root, self.shard, arrays, record)
+
+    def _latent_sums(self, moments: np.ndarray) -> dict:
+        """Per-channel sums of one posterior sample of every latent (float64), combined across
+        shards into the data set's latent mean and std."""
+        generator = torch.Generator().manual_seed(self.options.seed * 1_000_003 + self.shard)
+        mean, std = torch.from_numpy(moments.astype(np.float64)).chunk(2, dim=1)
+        sample = mean + std * torch.randn(mean.shape, generator=generator, dtype=torch.float64)
+        return {"latent_sum": sample.sum(dim=(0, 2, 3)).tolist(),
+                "latent_sum_sq": sample.square().sum(dim=(0, 2, 3)).tolist(),
+                "latent_values": int(sample[:, 0].numel())}
 
 
-def write_prepared(
-    out: str | Path,
-    *,
-    images: np.ndarray,
-    labels: np.ndarray,
-    class_names: list[str],
-    tokenizer: Tokenizer,
-    source: str,
-    seed: int = 0,
-    metadata: dict | None = None,
-    progress: bool = True,
-) -> Path:
-    """Encodes uint8 images [N, C, H, W] with `tokenizer` and writes a prepared directory
-    (layout in `gatgan.data.latents`), atomically: staged under `<out>.partial`, then renamed."""
+def _encode_shards(source: ExampleSource, tokenizer: Tokenizer, staging: Path, shards: list[int],
+                   options: PrepareOptions, ranks: _Ranks, device: torch.device) -> int:
+    batches = []
+    for shard in shards:
+        rows = range(shard * options.shard_size, min((shard + 1) * options.shard_size, len(source)))
+        batches += [(shard, list(rows[i:i + options.batch_size])) for i in range(0, len(rows), options.batch_size)]
+    if not batches:
+        return 0
+    workers = options.workers if source.decodes else 0
+    if workers < 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(16, max(0, cores // ranks.local_world_size - 1))
+    loader = DataLoader(_Loading(source), batch_sampler=[rows for _, rows in batches], num_workers=workers,
+                        collate_fn=_identity_collate, prefetch_factor=4 if workers else None)
+    bar = tqdm(total=sum(len(rows) for _, rows in batches), unit="img", dynamic_ncols=True,
+               desc=f"rank {ranks.rank}/{ranks.world_size}: {len(shards)} shards",
+               disable=not (options.progress and ranks.rank == 0))
+    remaining = Counter(shard for shard, _ in batches)
+    builder: _ShardBuilder | None = None
+    written = 0
+    for (shard, rows), loaded in zip(batches, loader):
+        if builder is None:
+            builder = _ShardBuilder(shard, options)
+        builder.add(loaded, source, tokenizer, device)
+        bar.update(len(rows))
+        remaining[shard] -= 1
+        if remaining[shard] == 0:
+            builder.write(staging)
+            written += 1
+            builder = None
+    bar.close()
+    return written
+
+
+# ------------------------------------------------------------------------------ the whole run
+def prepare(source: ExampleSource, out: str | Path, provide_tokenizer: TokenizerProvider, tokenizer_request: str,
+            options: PrepareOptions | None = None) -> Path:
+    """Writes the prepared directory `out` (layout in `gatgan.data.latents`) from `source`, or
+    finishes an interrupted run of the same command. Returns `out`."""
+    options = options or PrepareOptions()
+    options.validate()
     out = Path(out)
-    started = time.time()
-    moments = encode_moments(tokenizer, images, progress=progress)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    tokenizer.save(staging / "tokenizer")
-    np.save(staging / "moments.npy", moments.astype(np.float32))
-    np.save(staging / "labels.npy", np.asarray(labels, dtype=np.int64))
-    np.save(staging / "images.npy", images)
-    index = {
-        "format": 1,
-        "source": source,
-        "count": len(labels),
-        "image_shape": list(images.shape[1:]),
-        "latent_shape": [moments.shape[1] // 2, *moments.shape[2:]],
-        "class_names": list(class_names),
-        "tokenizer": "tokenizer",
-        "scaling": latent_scaling(moments, seed).to_dict(),
-        **_jsonable(metadata or {}),
-        "encode_seconds": round(time.time() - started, 1),
-    }
-    (staging / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    return out
-
-
-def prepare_fashion_mnist(
-    out: str | Path,
-    *,
-    tokenizer: str = "small_vae",
-    root: str | Path = DEFAULT_ROOT,
-    tokenizer_steps: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> Path:
-    """Trains the tokenizer on the training split (reporting its reconstruction quality on the
-    test split) and stores the training split's moments. A finished directory is reused."""
-    out = Path(out)
-    if (out / INDEX_FILE).is_file():
-        print(f"{out} is already prepared; delete it to prepare again")
+    if already_prepared(out):
         return out
-    if tokenizer not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; choose from {TOKENIZERS}")
-    started = time.time()
-    images, labels = load_fashion_mnist("train", root)
-    metadata: dict = {}
-    if tokenizer == "identity":
-        model: Tokenizer = IdentityTokenizer(image_channels=images.shape[1])
+    if options.flip and source.provides_moments:
+        raise ValueError("imported moments have no flipped copy; drop --flip")
+    ranks = _Ranks.from_environment()
+    staging = out.with_name(out.name + ".partial")
+    settings = {"source": source.description, "examples": len(source), "class_names": source.class_names,
+                "tokenizer": tokenizer_request, **options.output_settings()}
+    if ranks.rank == 0:
+        _start_or_resume(staging, settings)
+        _report_listing(source)
     else:
-        test_images, _ = load_fashion_mnist("test", root)
-        kwargs = {"steps": tokenizer_steps} if tokenizer_steps else {}
-        model, training = train_small_vae(images, seed=seed, progress=progress, **kwargs)
-        test = reconstruction_report(model, test_images)
-        metadata = {"tokenizer_training": training, "reconstruction": {"test": test}}
-        print(f"tokenizer reconstruction on the {len(test_images)} test images: PSNR {test['psnr_mean']:.2f} dB "
-              f"(posterior mean), {test['psnr_sample']:.2f} dB (posterior sample); "
-              f"mean posterior std {test['posterior_std']:.3g}")
-    write_prepared(out, images=images, labels=labels, class_names=list(CLASS_NAMES), tokenizer=model,
-                   source=f"fashion-mnist:{root}", seed=seed, metadata=metadata, progress=progress)
-    load_tokenizer(out / "tokenizer")  # fail now, not in training, if the saved tokenizer is unreadable
-    print(f"prepared {len(labels)} examples in {out} ({time.time() - started:.0f} s)")
+        _wait_until(lambda: (staging / SETTINGS_FILE).is_file(), f"rank 0 to create {staging}")
+        _check_settings(staging, settings)
+
+    tokenizer_dir = staging / TOKENIZER_DIR
+    if ranks.rank == 0 and not (tokenizer_dir / "tokenizer.json").is_file():
+        _save_tokenizer(provide_tokenizer, tokenizer_dir)
+    _wait_until(lambda: (tokenizer_dir / "tokenizer.json").is_file(), "rank 0 to provide the tokenizer")
+    device = ranks.device(options.device)
+    tokenizer = load_tokenizer(tokenizer_dir).to(device).eval()
+
+    started = time.time()
+    num_shards = math.ceil(len(source) / options.shard_size)
+    mine = [s for s in range(ranks.rank, num_shards, ranks.world_size) if read_record(staging, s) is None]
+    if len(mine) < len(range(ranks.rank, num_shards, ranks.world_size)):
+        print(f"rank {ranks.rank}: resuming, {len(mine)} of its shards left to do")
+    _encode_shards(source, tokenizer, staging, mine, options, ranks, device)
+    if ranks.rank != 0:
+        print(f"rank {ranks.rank}: finished its shards; rank 0 writes the index")
+        return out
+    _wait_until(lambda: all(read_record(staging, s) is not None for s in range(num_shards)),
+                "the other ranks' shards")
+    return _finalize(source, tokenizer, staging, out, settings, options, num_shards, started)
+
+
+def already_prepared(out: str | Path) -> bool:
+    """A finished output is never redone or overwritten."""
+    if (Path(out) / INDEX_FILE).is_file():
+        print(f"{out} is already prepared; delete it to prepare again")
+        return True
+    return False
+
+
+def _start_or_resume(staging: Path, settings: dict) -> None:
+    if (staging / SETTINGS_FILE).is_file():
+        _check_settings(staging, settings)
+        print(f"resuming the interrupted prepare in {staging}")
+        return
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+
+
+def _check_settings(staging: Path, settings: dict) -> None:
+    saved = json.loads((staging / SETTINGS_FILE).read_text())
+    changed = sorted(k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {str(saved.get(k))[:60]} -> {str(settings.get(k))[:60]}" for k in changed)
+        raise ValueError(f"{staging} holds an interrupted prepare with other settings ({details}). Re-run it with "
+                         f"the same settings to finish it, or delete {staging} to start over")
+
+
+def _save_tokenizer(provide_tokenizer: TokenizerProvider, directory: Path) -> None:
+    tokenizer, report = provide_tokenizer()
+    temporary = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    tokenizer.save(temporary)
+    (temporary / TOKENIZER_REPORT).write_text(json.dumps(report, indent=2))
+    load_tokenizer(temporary)  # fail now, not in training, if the saved tokenizer is unreadable
+    temporary.rename(directory)
+
+
+def _report_listing(source: ExampleSource) -> None:
+    for warning in source.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    _print_problems(source.problems, "left out while listing")
+
+
+def _print_problems(problems: list[Problem], what: str) -> None:
+    if not problems:
+        return
+    by_reason: dict[str, list[Problem]] = {}
+    for problem in problems:
+        by_reason.setdefault(problem.reason.split(" (")[0], []).append(problem)
+    print(f"warning: {len(problems)} files {what}:", file=sys.stderr)
+    for reason, group in by_reason.items():
+        for problem in group[:SHOWN_PER_REASON]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(group) > SHOWN_PER_REASON:
+            print(f"  ... and {len(group) - SHOWN_PER_REASON} more: {reason}", file=sys.stderr)
+
+
+def _latent_statistics(records: list[dict]) -> tuple[list[float], list[float]]:
+    filled = [r for r in records if r["count"]]
+    values = sum(r["latent_values"] for r in filled)
+    total = np.sum([r["latent_sum"] for r in filled], axis=0)
+    total_sq = np.sum([r["latent_sum_sq"] for r in filled], axis=0)
+    mean = total / values
+    std = np.sqrt(np.maximum(total_sq / values - mean ** 2, 0.0))
+    return mean.tolist(), std.tolist()
+
+
+def choose_scaling(tokenizer: Tokenizer, norm: str, mean: list[float], std: list[float]) -> LatentScaling:
+    fixed = tokenizer.fixed_scaling()
+    if norm == "fixed" and fixed is None:
+        raise ValueError(f"the {tokenizer.kind} tokenizer has no published scaling; use --latent-norm per-channel")
+    if fixed is not None and norm != "per-channel":
+        return fixed
+    return LatentScaling(shift=list(mean), scale=[1.0 / max(s, 1e-6) for s in std])
+
+
+def _finalize(source: ExampleSource, tokenizer: Tokenizer, staging: Path, out: Path, settings: dict,
+              options: PrepareOptions, num_shards: int, started: float) -> Path:
+    records = [read_record(staging, s) for s in range(num_shards)]
+    count = sum(r["count"] for r in records)
+    skipped = source.problems + [Problem(*p) for r in records for p in r["problems"]]
+    if count == 0:
+        _print_problems(skipped, "could not be used")
+        raise ValueError(f"no example of {source.description} could be prepared (see the messages above)")
+    first = next(s for s, r in enumerate(records) if r["count"])
+    latent_shape = list(open_array(staging, first, "moments").shape[1:])
+    latent_shape[0] //= 2
+    mean, std = _latent_statistics(records)
+    scaling = choose_scaling(tokenizer, options.latent_norm, mean, std)
+    tokenizer_json = json.loads((staging / TOKENIZER_DIR / "tokenizer.json").read_text())
+    this_session = [r for r in records if r["finished"] >= started]
+    seconds = time.time() - started
+    summary = {
+        "listed": len(source) + len(source.problems), "prepared": count, "skipped": len(skipped),
+        "skipped_by_reason": dict(Counter(p.reason.split(" (")[0] for p in skipped)),
+        "converted_by_kind": dict(Counter(n[1] for r in records for n in r["notes"])),
+        "seconds_this_session": round(seconds, 1),
+        "images_per_second_this_session": round(sum(r["count"] for r in this_session) / max(seconds, 1e-9), 1),
+    }
+    index = {
+        "format": FORMAT, "source": source.description, "count": count,
+        "shards": [{"name": shard_name(s), "count": r["count"]} for s, r in enumerate(records)],
+        "arrays": {"moments": options.moments_dtype, "labels": "int64", "images": options.store_images,
+                   "moments_flip": options.flip},
+        "image_shape": list(open_array(staging, first, "images").shape[1:]) if options.store_images else None,
+        "latent_shape": latent_shape, "class_names": source.class_names,
+        "tokenizer": {"path": TOKENIZER_DIR, **tokenizer_json},
+        "tokenizer_report": json.loads((staging / TOKENIZER_DIR / TOKENIZER_REPORT).read_text()),
+        "scaling": scaling.to_dict(), "latent_norm": options.latent_norm,
+        "latent_stats": {"mean": mean, "std": std}, "settings": settings, "summary": summary,
+    }
+    with open(staging / "skipped.jsonl", "w") as f:
+        f.writelines(json.dumps({"file": p.key, "reason": p.reason}) + "\n" for p in skipped)
+    with open(staging / "converted.jsonl", "w") as f:
+        f.writelines(json.dumps({"file": n[0], "note": n[1]}) + "\n" for r in records for n in r["notes"])
+    (staging / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    staging.rename(out)
+    _print_problems([Problem(*p) for r in records for p in r["problems"]], "could not be read")
+    print(f"prepared {count} of {summary['listed']} examples into {out}: {len(skipped)} skipped "
+          f"({', '.join(f'{n} {k}' for k, n in summary['skipped_by_reason'].items()) or 'none'}), "
+          f"{sum(summary['converted_by_kind'].values())} converted; {seconds:.0f} s this session "
+          f"({summary['images_per_second_this_session']} images/s)"
+          + (f"; the skipped files are listed in {out / 'skipped.jsonl'}" if skipped else ""))
     return out
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.tolist()
-    return value

@@ -30,6 +30,8 @@ class RunConfig:
 @dataclass
 class DataConfig:
     path: str = "data/fmnist-vae"  # a directory written by `gatgan prepare`
+    workers: int = -1  # loader processes per training process; -1: the spare cores (0 on small machines)
+    xflip: bool = True  # read the flipped image's moments half the time, when `prepare --flip` stored them
 
 
 @dataclass

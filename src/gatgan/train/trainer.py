@@ -2,8 +2,9 @@
 the same z (REFERENCE §3a), an EMA update, and periodic logs, sample grids and checkpoints.
 
 Re-running the same command resumes: the step counter, networks, EMA, optimisers, the per-class
-w average and every random stream come back from the latest checkpoint, and the data order is a
-function of the step (see `BatchSchedule`), so the continuation is exactly the uninterrupted run.
+w average and the random stream of z and the losses come back from the latest checkpoint, and the
+data (order, posterior noise, flips) is a function of the step (`gatgan.data.loader`), so the
+continuation is exactly the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from ..data.card import DATA_CARD, RUN_TOKENIZER, write_data_card
 from ..data.latents import BatchSchedule, LatentDataset
+from ..data.loader import StepBatches, step_loader
 from ..images import save_grid
 from ..losses.objective import GATObjective
 from ..models import build_discriminator, build_generator
@@ -37,8 +40,10 @@ from .optim import build_optimizer, width_aware_lr
 
 # Settings that may change when a run is resumed (durations and cadences); anything else must
 # match the saved config, or the continuation would silently be a different experiment.
+# data.path may change (data moved) because the data card of the run is checked instead.
 RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.threads", "train.batch_per_device", "train.device"}
+                     "train.keep_checkpoints", "train.threads", "train.batch_per_device", "train.device",
+                     "data.path", "data.workers"}
 GRID_COLUMNS = 10
 GRID_MAX_ROWS = 16
 
@@ -85,8 +90,8 @@ class Trainer:
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         self.run_dir = config.run_dir
-        self._prepare_run_dir()
         self.data = LatentDataset(config.data.path)
+        self._prepare_run_dir()
         self.plan = BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, self.env.world_size)
         self.schedule = BatchSchedule(len(self.data), self.plan.global_batch, config.train.seed)
         self.total_steps = math.ceil(config.train.kimg * 1000 / self.plan.global_batch)
@@ -94,7 +99,7 @@ class Trainer:
         self.objective = GATObjective(config.loss.augment, config.loss.mng, config.loss.penalty)
         stream = config.train.seed * 1_000_003 + self.env.rank
         self.noise_rng = torch.Generator(self.device).manual_seed(stream)  # z, augmentation, MNG, penalty
-        self.data_rng = torch.Generator().manual_seed(stream + 500_009)  # posterior samples mean + std*eps
+        self._batches, self._batches_step = None, -1
         self.step = 0
         self._resume()
         # Buffers are not broadcast: the only mutable one (w_avg) is all-reduced by the generator.
@@ -111,6 +116,7 @@ class Trainer:
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, saved)
+            write_data_card(self.run_dir, self.data)
         dist.barrier()
 
     def _build_networks(self) -> None:
@@ -144,10 +150,9 @@ class Trainer:
         rng = state["rng"]
         if len(rng) == self.env.world_size:
             self.noise_rng.set_state(rng[self.env.rank]["noise"])
-            self.data_rng.set_state(rng[self.env.rank]["data"])
         elif self.env.is_main:
             print(f"resuming a {len(rng)}-process run on {self.env.world_size} processes: "
-                  "random streams restart from new seeds (the data order is unaffected)")
+                  "the z and loss noise restart from new seeds (the data is unaffected)")
         if self.env.is_main:
             print(f"resumed from {checkpoint} at step {self.step}")
             self._truncate_stats(self.step)
@@ -160,13 +165,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if self._batches_step != self.step:  # first step, or the step was moved (resume)
+            steps = StepBatches(self.data, self.schedule, rank=self.env.rank, world_size=self.env.world_size,
+                                accumulation=self.plan.accumulation, start_step=self.step,
+                                total_steps=max(self.total_steps, self.step + 1), seed=self.config.train.seed,
+                                xflip=self.config.data.xflip)
+            self._batches = iter(step_loader(steps, self.config.data.workers, self.device.type == "cuda"))
         batches = []
-        for micro in range(self.plan.accumulation):
-            indices = self.schedule.micro_batch(self.step, self.env.rank, self.env.world_size, micro,
-                                                self.plan.accumulation)
-            real, y = self.data.read(indices, self.data_rng)
-            z = torch.randn(len(y), self.config.model.z_dim, generator=self.noise_rng, device=self.device)
-            batches.append((real.to(self.device), y.to(self.device), z))
+        for _ in range(self.plan.accumulation):
+            batch = next(self._batches)
+            z = torch.randn(len(batch.labels), self.config.model.z_dim, generator=self.noise_rng, device=self.device)
+            batches.append((batch.latents.to(self.device, non_blocking=True),
+                            batch.labels.to(self.device, non_blocking=True), z))
+        self._batches_step = self.step + 1
         return batches
 
     def _sync_context(self, model: DDP, micro: int):
@@ -223,7 +234,7 @@ class Trainer:
     def save_samples(self) -> Path:
         rows = list(range(0, self.data.num_classes, max(1, self.data.num_classes // GRID_MAX_ROWS)))[:GRID_MAX_ROWS]
         if not hasattr(self, "_sampler"):  # the EMA network is shared, so the sampler follows training
-            tokenizer = load_tokenizer(self.data.tokenizer_path).to(self.device).eval()
+            tokenizer = load_tokenizer(self.run_dir / RUN_TOKENIZER).to(self.device).eval()
             self._sampler = Sampler(self.ema.model, tokenizer, self.data.scaling, self.data.class_names, self.device)
         images = self._sampler.images(seeds=[s for _ in rows for s in range(GRID_COLUMNS)],
                                       labels=[c for c in rows for _ in range(GRID_COLUMNS)])
@@ -232,7 +243,7 @@ class Trainer:
         return path
 
     def save(self) -> None:
-        rng = {"noise": self.noise_rng.get_state(), "data": self.data_rng.get_state()}
+        rng = {"noise": self.noise_rng.get_state()}
         gathered = [None] * self.env.world_size
         dist.all_gather_object(gathered, rng)
         if self.env.is_main:
@@ -241,8 +252,8 @@ class Trainer:
             networks = {"generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
                         "generator_ema": self.ema.model.state_dict()}
             config_text = (self.run_dir / "config.yaml").read_text()
-            save_checkpoint(self.run_dir, self.step, networks, state, {"config.yaml": config_text},
-                            keep=self.config.train.keep_checkpoints)
+            extra = {"config.yaml": config_text, DATA_CARD: (self.run_dir / DATA_CARD).read_text()}
+            save_checkpoint(self.run_dir, self.step, networks, state, extra, keep=self.config.train.keep_checkpoints)
         dist.barrier()
 
     # ---------------------------------------------------------------- loop
@@ -286,6 +297,7 @@ class Trainer:
         """Releases the DDP wrappers. Their communication threads must be gone before the process
         group is destroyed, or the interpreter can abort at exit (seen with gloo)."""
         del self.G_ddp, self.D_ddp
+        self._batches = None  # stops loader workers
         gc.collect()
 
 

@@ -1,0 +1,81 @@
+"""Training batches: every random choice of a step is a function of (seed, step) alone.
+
+Global batch `step` is fixed by `BatchSchedule`; its posterior noise and flips are drawn from a
+generator seeded with (seed, step) for the whole global batch, and each process keeps its slice.
+So a run sees the same latents on 1 or 64 devices, resuming needs nothing but the step number,
+and DataLoader workers only add speed: which worker builds a batch never changes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .latents import BatchSchedule, LatentDataset
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # float32 [B, c, h, w], normalised
+    labels: torch.Tensor  # int64 [B]
+    images: torch.Tensor | None = None  # uint8 [B, C, H, W] with the same flips, when asked for
+
+    def pin_memory(self) -> "Batch":
+        return Batch(*(t.pin_memory() if t is not None else None for t in (self.latents, self.labels, self.images)))
+
+
+class StepBatches(Dataset):
+    """Item k is micro-batch k % accumulation of step start_step + k // accumulation, for one rank."""
+
+    def __init__(self, data: LatentDataset, schedule: BatchSchedule, *, rank: int, world_size: int,
+                 accumulation: int, start_step: int, total_steps: int, seed: int, xflip: bool = True,
+                 with_images: bool = False):
+        if with_images and not data.has_images:
+            raise ValueError(f"{data.path} was prepared without images (--no-images), but this run needs them")
+        self.data, self.schedule = data, schedule
+        self.rank, self.world_size, self.accumulation = rank, world_size, accumulation
+        self.start_step, self.total_steps, self.seed = start_step, total_steps, seed
+        self.xflip = xflip and data.has_flipped
+        self.with_images = with_images
+        self.parts = world_size * accumulation
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step) * self.accumulation
+
+    def step_noise(self, step: int) -> tuple[torch.Tensor, np.ndarray]:
+        """(noise [global_batch, c, h, w], flip [global_batch]) of one step, the same on every rank."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        shape = (self.schedule.global_batch, self.data.latent_channels, self.data.latent_size, self.data.latent_size)
+        noise = torch.randn(shape, generator=generator)
+        flip = torch.rand(self.schedule.global_batch, generator=generator) < 0.5
+        return noise, (flip.numpy() & self.xflip)
+
+    def __getitem__(self, item: int) -> Batch:
+        step, micro = divmod(item, self.accumulation)
+        step += self.start_step
+        part = micro * self.world_size + self.rank
+        size = self.schedule.global_batch // self.parts
+        rows = slice(part * size, (part + 1) * size)
+        indices = self.schedule.global_indices(step)[rows].numpy()
+        noise, flip = self.step_noise(step)
+        flip = flip[rows] if self.xflip else None
+        images = self.data.images(indices, flip) if self.with_images else None
+        return Batch(self.data.latents(indices, noise[rows], flip), self.data.labels(indices), images)
+
+
+def default_workers() -> int:
+    """Loader processes per training process: the cores left after one per process, at most 8.
+    With few cores (a laptop, CI) reading in the training process itself is faster."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(0, min(8, per_process - 1)) if per_process > 2 else 0
+
+
+def step_loader(batches: StepBatches, workers: int, pin_memory: bool = False) -> DataLoader:
+    workers = default_workers() if workers < 0 else workers
+    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
