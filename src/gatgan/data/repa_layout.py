@@ -33,6 +33,16 @@ def _files(root: Path, suffixes: frozenset[str]) -> list[str]:
                   if p.is_file() and p.suffix.lower() in suffixes)
 
 
+def _first_readable(names: list[str], read):
+    """(read(name), name) for the first name that can be read, else (None, None)."""
+    for name in names:
+        try:
+            return read(name), name
+        except (OSError, ValueError, EOFError, SyntaxError):
+            continue
+    return None, None
+
+
 class RepaLayoutSource(ExampleSource):
     provides_moments = True
 
@@ -55,27 +65,34 @@ class RepaLayoutSource(ExampleSource):
         else:
             self._label(dict(labels), class_names)
         self.description = f"repa:{self.path.resolve()}"
-        # Every example must match the first one, or the shards could not be stacked.
-        self.moments_shape = np.load(self.path / MOMENTS_DIR / self.moment_files[0], mmap_mode="r").shape \
-            if self.moment_files else None
+        # Every example must match the first readable one, or the shards could not be stacked; an
+        # unreadable file is skipped in `load`, with its name, like any other.
+        self.moments_shape, first = _first_readable(
+            self.moment_files, lambda name: np.load(self.path / MOMENTS_DIR / name, mmap_mode="r").shape)
         if self.moments_shape is not None and (len(self.moments_shape) != 3 or self.moments_shape[0] % 2):
-            raise ValueError(f"{self.moment_files[0]} holds shape {list(self.moments_shape)}, not moments [2c, h, w]")
-        self.image_size = None
-        if self.image_files:
-            with Image.open(self.path / IMAGES_DIR / self.image_files[0]) as first:
-                self.image_size = first.size[0]
+            raise ValueError(f"{first} holds shape {list(self.moments_shape)}, not moments [2c, h, w]")
+        self.image_size, _ = _first_readable(self.image_files, self._image_width)
+
+    def _image_width(self, name: str) -> int:
+        with Image.open(self.path / IMAGES_DIR / name) as image:
+            return image.size[0]
 
     def _label(self, by_file: dict, class_names: list[str] | None) -> None:
-        valid = [v for v in by_file.values() if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
-        num_classes = len(class_names) if class_names else max(valid, default=-1) + 1
+        def is_index(value) -> bool:  # not `in valid`: True == 1 and 1.0 == 1 would pass that
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        num_classes = len(class_names) if class_names else max(filter(is_index, by_file.values()), default=-1) + 1
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.rows, self.labels = [], []
         for row, name in enumerate(self.moment_files):
             label = by_file.get(name)
             if label is None:
-                self.problems.append(Problem(name, f"has no label in {MOMENTS_DIR}/{DATASET_JSON}"))
-            elif label not in valid or label >= num_classes:
-                self.problems.append(Problem(name, f"label {label!r} is out of range [0, {num_classes})"))
+                self.problems.append(Problem(f"{MOMENTS_DIR}/{name}", f"has no label in {MOMENTS_DIR}/{DATASET_JSON}"))
+            elif not isinstance(label, int) or isinstance(label, bool):
+                self.problems.append(Problem(f"{MOMENTS_DIR}/{name}", f"label {label!r} is not a class index"))
+            elif label < 0 or label >= num_classes:
+                self.problems.append(Problem(f"{MOMENTS_DIR}/{name}",
+                                             f"label {label!r} is out of range [0, {num_classes})"))
             else:
                 self.rows.append(row)
                 self.labels.append(label)
@@ -103,7 +120,7 @@ class RepaLayoutSource(ExampleSource):
         try:
             with Image.open(io.BytesIO((self.path / IMAGES_DIR / name).read_bytes())) as image:
                 pixels = np.asarray(image.convert("RGB"))
-        except OSError as error:
+        except (OSError, ValueError, SyntaxError) as error:
             raise BadImage(f"image {IMAGES_DIR}/{name} unreadable ({type(error).__name__}: {error})") from error
         if pixels.shape[:2] != (self.image_size, self.image_size):
             raise BadImage(f"image {IMAGES_DIR}/{name} is {pixels.shape[1]}x{pixels.shape[0]}, the first image "
