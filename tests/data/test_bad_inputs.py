@@ -262,7 +262,7 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(tmp_path
 
 @pytest.mark.parametrize("change, setting", [
     ({"shard_size": 3}, "shard_size"),
-    ({"resolution": 16}, "px"),  # the crop size is part of the source's identity
+    ({"resolution": 16}, "resolution"),  # the crop size is a setting of the source
     ({"store_images": False}, "store_images"),
 ])
 def test_resuming_with_other_settings_is_refused(tmp_path, monkeypatch, change, setting):

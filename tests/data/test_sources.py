@@ -143,11 +143,22 @@ def test_no_usable_images(tmp_path):
         ImageSource(tmp_path / "src", RESOLUTION)
 
 
-def test_the_resolution_is_part_of_the_description(tmp_path):
-    """The description identifies the source when an interrupted prepare is resumed; the crop size
-    changes every stored array, so it must be in it."""
+def test_the_resolution_is_an_output_setting(tmp_path):
+    """The crop size changes every stored array, so a resumed prepare must check it."""
     path = _image_folder(tmp_path / "src")
-    assert ImageSource(path, 8).description != ImageSource(path, 16).description
+    assert ImageSource(path, 8).output_settings() == {"resolution": 8}
+
+
+def test_a_zip_of_one_wrapper_folder_is_read_from_inside_it(tmp_path):
+    """`zip -r data.zip data/` nests everything in data/: that folder is the root, not one class."""
+    path = _image_folder(tmp_path / "data")
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in sorted(path.rglob("*")):
+            zf.write(file, file.relative_to(tmp_path).as_posix())
+    zipped, plain = ImageSource(archive, RESOLUTION), ImageSource(path, RESOLUTION)
+    assert zipped.class_names == plain.class_names and zipped.keys == plain.keys and zipped.labels == plain.labels
+    np.testing.assert_array_equal(zipped.load(0).image, plain.load(0).image)
 
 
 @pytest.mark.parametrize("as_zip", [False, True])

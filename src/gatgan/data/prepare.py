@@ -239,7 +239,7 @@ def prepare(source: ExampleSource, out: str | Path, provide_tokenizer: Tokenizer
     ranks = _Ranks.from_environment()
     staging = out.with_name(out.name + ".partial")
     settings = {"source": source.description, "examples": len(source), "class_names": source.class_names,
-                "tokenizer": tokenizer_request, **options.output_settings()}
+                "tokenizer": tokenizer_request, **source.output_settings(), **options.output_settings()}
     if ranks.rank == 0:
         _start_or_resume(staging, settings)
         _report_listing(source)

@@ -63,7 +63,8 @@ class RepaLayoutSource(ExampleSource):
             self.labels = [0] * len(self.moment_files)
             self.rows = list(range(len(self.moment_files)))
         else:
-            self._label(dict(labels), class_names)
+            # A malformed entry simply labels nothing: its file is then reported as unlabelled.
+            self._label({e[0]: e[1] for e in labels if isinstance(e, (list, tuple)) and len(e) == 2}, class_names)
         self.description = f"repa:{self.path.resolve()}"
         # Every example must match the first readable one, or the shards could not be stacked; an
         # unreadable file is skipped in `load`, with its name, like any other.

@@ -63,6 +63,10 @@ class ExampleSource:
     def load(self, index: int) -> Example:
         raise NotImplementedError
 
+    def output_settings(self) -> dict:
+        """Source options that change what is written (checked when a prepare is resumed)."""
+        return {}
+
 
 class ArraySource(ExampleSource):
     """Images already decoded in memory (Fashion-MNIST), stored as they are."""
@@ -118,23 +122,38 @@ class _Files:
                 relative = Path(root).relative_to(self.path)
                 names += [(relative / f).as_posix() for f in files if not f.startswith(".")]
             return sorted(n[2:] if n.startswith("./") else n for n in names), []
-        problems = []
+        problems, folders = [], set()
         with zipfile.ZipFile(self.path) as archive:
             for position, info in enumerate(archive.infolist()):
                 name = info.filename
                 if any(part.startswith(".") for part in PurePosixPath(name).parts):
                     continue
-                if "/" in name.rstrip("/"):
-                    self.top_folders.add(name.split("/", 1)[0])
                 if info.is_dir():
-                    if name.count("/") == 1:  # "class/": an explicit (maybe empty) top-level folder
-                        self.top_folders.add(name[:-1])
+                    folders.add(name.rstrip("/"))  # explicit (maybe empty) folders
                     continue
+                folders.update(str(parent) for parent in PurePosixPath(name).parents if str(parent) != ".")
                 if name in self._zip_members:
                     problems.append(Problem(name, "duplicate path in the zip (the first copy is used)"))
                     continue
                 self._zip_members[name] = position
+        self._strip_wrapper_folder(folders)
+        self.top_folders = {f for f in folders if "/" not in f}
         return sorted(self._zip_members), problems
+
+    def _strip_wrapper_folder(self, folders: set[str]) -> None:
+        """`zip -r data.zip data/` puts everything under one folder: when that folder holds a
+        dataset.json or only sub-folders, it is the data set's root, not a class."""
+        tops = {name.split("/", 1)[0] for name in self._zip_members} | {f.split("/", 1)[0] for f in folders}
+        if len(tops) != 1 or any("/" not in name for name in self._zip_members):
+            return
+        prefix = f"{tops.pop()}/"
+        inner = [name[len(prefix):] for name in self._zip_members]
+        if DATASET_JSON not in inner and not all("/" in name for name in inner):
+            return
+        self._zip_members = {name[len(prefix):]: i for name, i in self._zip_members.items()}
+        stripped = {f[len(prefix):] for f in folders if f.startswith(prefix)}
+        folders.clear()
+        folders.update(stripped)
 
     def read(self, name: str) -> bytes:
         if not self.is_zip:
@@ -188,7 +207,7 @@ class ImageSource(ExampleSource):
         self.problems = duplicates + listing.problems
         self.warnings = listing.warnings
         # The crop size is part of what identifies the source when an interrupted prepare resumes.
-        self.description = f"{resolution}px {'zip' if self.files.is_zip else 'folder'}:{self.path.resolve()} ({layout})"
+        self.description = f"{'zip' if self.files.is_zip else 'folder'}:{self.path.resolve()} ({layout})"
         if not self.keys:
             raise ValueError(f"{self.path}: no usable images found ({len(self.problems)} files left out"
                              + (f", e.g. {self.problems[0]}" if self.problems else "") + ")")
@@ -198,6 +217,9 @@ class ImageSource(ExampleSource):
 
     def key(self, index: int) -> str:
         return self.keys[index]
+
+    def output_settings(self) -> dict:
+        return {"resolution": self.resolution}
 
     def load(self, index: int) -> Example:
         try:
