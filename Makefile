@@ -39,6 +39,7 @@ test: install fmnist
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/data_throughput.py
 
 clean:
 	rm -rf runs data
