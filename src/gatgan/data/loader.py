@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..hardware import usable_cores
 from .latents import BatchSchedule, LatentDataset
 
 
@@ -70,8 +71,7 @@ class StepBatches(Dataset):
 def default_workers() -> int:
     """Loader processes per training process: the cores left after one per process, at most 8.
     With few cores (a laptop, CI) reading in the training process itself is faster."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    per_process = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return max(0, min(8, per_process - 1)) if per_process > 2 else 0
 
 

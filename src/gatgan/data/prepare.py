@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..hardware import usable_cores
 from ..tokenizers import load_tokenizer
 from ..tokenizers.base import LatentScaling, Tokenizer, to_signed_unit
 from .imaging import BadImage, is_power_of_two
@@ -200,8 +201,7 @@ def _encode_shards(source: ExampleSource, tokenizer: Tokenizer, staging: Path, s
         return 0
     workers = options.workers if source.decodes else 0
     if workers < 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        workers = min(16, max(0, cores // ranks.local_world_size - 1))
+        workers = min(16, max(0, usable_cores() // ranks.local_world_size - 1))
     loader = DataLoader(_Loading(source), batch_sampler=[rows for _, rows in batches], num_workers=workers,
                         collate_fn=_identity_collate, prefetch_factor=4 if workers else None)
     bar = tqdm(total=sum(len(rows) for _, rows in batches), unit="img", dynamic_ncols=True,
@@ -252,6 +252,8 @@ def prepare(source: ExampleSource, out: str | Path, provide_tokenizer: Tokenizer
         _save_tokenizer(provide_tokenizer, tokenizer_dir)
     _wait_until(lambda: (tokenizer_dir / "tokenizer.json").is_file(), "rank 0 to provide the tokenizer")
     device = ranks.device(options.device)
+    if device.type == "cpu" and ranks.local_world_size > 1:  # ranks on one machine share its cores
+        torch.set_num_threads(max(1, usable_cores() // ranks.local_world_size))
     tokenizer = load_tokenizer(tokenizer_dir).to(device).eval()
 
     started = time.time()
