@@ -284,7 +284,7 @@ def test_generator_loss_flows_to_every_exit_of_the_generator_with_d_frozen():
     real = real.requires_grad_(True)
     recorder = Recorder(D)
     loss, stats = make_objective().generator_loss(recorder, real, fake_levels, y, rng())
-    assert set(stats) == {"loss/G"}
+    assert set(stats) == {"loss/G", "loss/G_adv"}
     torch.testing.assert_close(stats["loss/G"], loss.detach())
     loss.backward()
     assert all(p.grad is None for p in D.parameters())

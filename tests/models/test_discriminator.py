@@ -44,13 +44,17 @@ def test_logits_have_shape_batch():
         assert D(x, y).shape == (5,)
 
 
-def test_return_tokens_gives_cls_plus_spatial_tokens():
-    D = make_discriminator()
+def test_projections_of_the_first_samples_cover_cls_and_spatial_tokens():
+    D = make_discriminator(teacher_dim=24)
     x, y = inputs()
     with torch.no_grad():
-        logits, tokens = D(x, y, return_tokens=True)
-        assert tokens.shape == (3, 1 + TOKENS, WIDTH)
+        logits, projected = D(x, y, project_first=2)
+        assert projected.shape == (2, 1 + TOKENS, 24)
         torch.testing.assert_close(logits, D(x, y), rtol=0, atol=0)
+        _, alone = D(x[:2], y[:2], project_first=2)  # the projection of a sample ignores the others
+        torch.testing.assert_close(projected, alone, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="projector"):
+        make_discriminator()(x, y, project_first=1)
 
 
 def test_patch_embedding_sees_all_levels_stacked_along_channels():
@@ -78,7 +82,7 @@ def test_input_size_not_divisible_by_patch_raises():
 def test_forward_matches_hand_composition_with_projection_conditioning():
     """cls token (no position embedding) + patch tokens with sin-cos embedding, blocks, then
     logit = <Linear(RMSNorm(cls)), cmap(Embedding(y))> with cmap = EqualLinear-SiLU-EqualLinear."""
-    D = make_discriminator()
+    D = make_discriminator(teacher_dim=24)
     with torch.no_grad():  # make every parameter matter
         for p in D.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -95,8 +99,9 @@ def test_forward_matches_hand_composition_with_projection_conditioning():
         e = F.silu(e @ (lin1.weight * 0.01).T + lin1.bias * 0.01)
         cmap = e @ (lin2.weight * 0.01).T + lin2.bias * 0.01
         expected = (feature * cmap).sum(-1)
-        logits, out_tokens = D(x, y, return_tokens=True)
-    torch.testing.assert_close(out_tokens, h, rtol=1e-5, atol=1e-5)  # taken before the head norm
+        logits, projected = D(x, y, project_first=3)
+    # the projector reads the last block's tokens, before the head norm
+    torch.testing.assert_close(projected, D.projector(h), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -210,8 +215,7 @@ def test_projector_exists_only_with_a_teacher_dim():
     assert sum(isinstance(m, nn.SiLU) for m in D.projector) == 2
     x, y = inputs()
     with torch.no_grad():
-        _, tokens = D(x, y, return_tokens=True)
-        assert D.projector(tokens).shape == (3, 1 + TOKENS, 24)
+        assert D(x, y, project_first=3)[1].shape == (3, 1 + TOKENS, 24)
 
 
 # ---------------------------------------------------------------------------------------------

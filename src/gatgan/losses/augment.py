@@ -73,7 +73,7 @@ class DiffAugment:
         if "color" in self.ops:
             x = _color(x, params)
         if "translation" in self.ops:
-            x = _translate(x, params.shift)
+            x = translate(x, params.shift)
         if "cutout" in self.ops:
             x = x * _cutout_mask(x.shape[-2:], params.cutout_center, params.cutout_size, x.dtype)
         if "flip" in self.ops:
@@ -94,7 +94,7 @@ def _color(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     return torch.where(p.color.view(1, -1, 1, 1, 1), jittered, x)
 
 
-def _translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Shifts each sample by (dy, dx) whole pixels, filling with zeros."""
     H, W = x.shape[-2:]
     rows = torch.arange(H, device=x.device)[None, :] - shift[:, :1]  # [B, H] source row

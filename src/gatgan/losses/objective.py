@@ -1,5 +1,5 @@
 """The GAT objectives: what one discriminator step and one generator step minimise, combining
-DiffAugment, MNG, the relativistic pairing loss and R1/R2 (REFERENCE §3a-§3f).
+DiffAugment, MNG, the relativistic pairing loss, R1/R2 and REPA (REFERENCE §3a-§3f).
 
 Randomness is always drawn from the `torch.Generator` passed in, never from shared mutable
 state: the z that the D and G steps share is an explicit argument of the trainer, not a side
@@ -20,6 +20,7 @@ from .adversarial import discriminator_relativistic_loss, generator_relativistic
 from .augment import AugmentParams, DiffAugment
 from .mng import MNG
 from .penalty import PENALTY_MODES, exact_gradient_penalty, finite_difference_penalty
+from .repa import REPATargets, alignment_loss, generator_alignment_loss
 
 
 @dataclass
@@ -35,8 +36,10 @@ class PenaltySettings:
 
 
 class GATObjective:
-    def __init__(self, augment: DiffAugment, mng: MNG, penalty: PenaltySettings):
+    def __init__(self, augment: DiffAugment, mng: MNG, penalty: PenaltySettings,
+                 repa: REPATargets | None = None, repa_weight: float = 1.0):
         self.augment, self.mng, self.penalty = augment, mng, penalty
+        self.repa, self.repa_weight = repa, repa_weight
 
     @property
     def num_levels(self) -> int:
@@ -57,9 +60,10 @@ class GATObjective:
 
     def discriminator_loss(
         self, D: nn.Module, real: torch.Tensor, fake_levels: torch.Tensor, y: torch.Tensor,
-        generator: torch.Generator,
+        generator: torch.Generator, real_images: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """real [B, C, H, W] clean latents; fake_levels [K, B, C, H, W] detached generator exits.
+        """real [B, C, H, W] clean latents; fake_levels [K, B, C, H, W] detached generator exits;
+        real_images [B, C', H', W'] the raw images of `real`, needed when REPA is on.
 
         All of D's inputs go through ONE forward call (real, fake and, for the approximated
         penalty, their perturbed copies), which is both faster and what DDP expects."""
@@ -85,7 +89,11 @@ class GATObjective:
         # the second derivative (the fused CPU/flash kernels do not).
         kernel = sdpa_kernel(SDPBackend.MATH) if settings.mode == "exact" else contextlib.nullcontext()
         with kernel:
-            logits = D(torch.cat(inputs), y.repeat(len(inputs))).float().chunk(len(inputs))
+            if self.repa is None:
+                logits = D(torch.cat(inputs), y.repeat(len(inputs)))
+            else:  # REPA aligns the real branch only (the first B samples of the batched call)
+                logits, projected = D(torch.cat(inputs), y.repeat(len(inputs)), project_first=real.shape[0])
+            logits = logits.float().chunk(len(inputs))
         real_logits, fake_logits = logits[0], logits[1]
         adversarial = discriminator_relativistic_loss(real_logits, fake_logits)
         stats = {"loss/D_adv": adversarial.mean().detach(),
@@ -100,18 +108,34 @@ class GATObjective:
                 r2 = exact_gradient_penalty(fake_logits, fake_levels, batch_dim=1)
             loss = loss + settings.gamma_r1 / 2 * r1.mean() + settings.gamma_r2 / 2 * r2.mean()
             stats |= {"loss/R1": r1.mean().detach(), "loss/R2": r2.mean().detach()}
+        if self.repa is not None:
+            if real_images is None:
+                raise ValueError("REPA is on but the batch has no real images")
+            alignment = alignment_loss(projected, self.repa(real_images, real_params)).mean()
+            loss = loss + self.repa_weight * alignment
+            stats["loss/REPA"] = alignment.detach()
         stats["loss/D"] = loss.detach()
         return loss, stats
 
     def generator_loss(
         self, D: nn.Module, real: torch.Tensor, fake_levels: torch.Tensor, y: torch.Tensor,
-        generator: torch.Generator,
+        generator: torch.Generator, projected_tokens: torch.Tensor | None = None,
+        real_images: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """fake_levels carry gradient to G; D's own parameters should be frozen by the caller."""
+        """fake_levels carry gradient to G; D's own parameters should be frozen by the caller.
+        With `projected_tokens` (G's REPA projections, when G is aligned too) G's tokens are
+        pulled towards the teacher's features of the paired real image, which has the same class
+        (the un-augmented image: G's output is not augmented)."""
         real_params, real_eps = self._draw(fake_levels, generator)
         fake_params, fake_eps = self._draw(fake_levels, generator)
         with torch.no_grad():
             real_logits = D(self.perturb(self.real_levels(real), real_params, real_eps), y).float()
         fake_logits = D(self.perturb(fake_levels, fake_params, fake_eps), y).float()
         loss = generator_relativistic_loss(real_logits, fake_logits).mean()
-        return loss, {"loss/G": loss.detach()}
+        stats = {"loss/G_adv": loss.detach()}
+        if projected_tokens is not None:
+            alignment = generator_alignment_loss(projected_tokens, self.repa(real_images)).mean()
+            loss = loss + self.repa_weight * alignment
+            stats["loss/REPA_G"] = alignment.detach()
+        stats["loss/G"] = loss.detach()
+        return loss, stats

@@ -12,6 +12,7 @@ from .layers import (
     Attention,
     EqualLinear,
     RotaryEmbedding2D,
+    repa_projector,
     SwiGLU,
     sincos_position_embedding,
     swiglu_hidden_size,
@@ -80,13 +81,7 @@ class Discriminator(nn.Module):
             nn.SiLU(),
             EqualLinear(cmap_dim, cmap_dim, lr_mult=CMAP_LR_MULT),
         )
-        self.projector = None
-        if teacher_dim is not None:
-            self.projector = nn.Sequential(
-                nn.Linear(width, projector_dim), nn.SiLU(),
-                nn.Linear(projector_dim, projector_dim), nn.SiLU(),
-                nn.Linear(projector_dim, teacher_dim),
-            )
+        self.projector = None if teacher_dim is None else repa_projector(width, projector_dim, teacher_dim)
         self._initialize()
 
     def _initialize(self) -> None:
@@ -94,13 +89,19 @@ class Discriminator(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.class_embed.weight, std=0.02)
 
+    @property
+    def token_grid(self) -> int:
+        return self.input_size // self.patch_size
+
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, return_tokens: bool = False
+        self, x: torch.Tensor, y: torch.Tensor, project_first: int = 0
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x [B, K*C, H, W] (levels stacked by `stack_levels`), y [B] -> logits [B].
 
-        With `return_tokens`, also returns the last block's tokens [B, 1 + T, width] ([cls] first),
-        taken before the head norm, which is where REPA aligns them.
+        With `project_first=n`, also returns the REPA projections [n, 1 + T, teacher_dim] of the
+        first n samples' last-block tokens ([cls] first, before the head norm, REFERENCE §3e).
+        Projecting inside forward keeps the projector in the graph DDP tracks; projecting only
+        the first n keeps the real branch's cost, not the fake and penalty copies'.
         """
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         h = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), tokens], dim=1)
@@ -110,7 +111,11 @@ class Discriminator(nn.Module):
             else:
                 h = block(h, self.rope)
         logits = (self.head(self.norm(h[:, 0])) * self.cmap(self.class_embed(y))).sum(dim=-1)
-        return (logits, h) if return_tokens else logits
+        if not project_first:
+            return logits
+        if self.projector is None:
+            raise ValueError("this discriminator was built without a REPA projector (teacher_dim=None)")
+        return logits, self.projector(h[:project_first])
 
 
 def stack_levels(levels: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from .layers import (
     Attention,
     EqualLinear,
     RotaryEmbedding2D,
+    repa_projector,
     SwiGLU,
     normalize_2nd_moment,
     sincos_position_embedding,
@@ -101,6 +102,8 @@ class Generator(nn.Module):
         num_exits: int = 4,
         mlp_ratio: float = 4.0,
         w_avg_beta: float = 0.995,
+        projector_dim: int = 2048,
+        teacher_dim: int | None = None,
     ):
         super().__init__()
         if input_size % patch_size:
@@ -120,6 +123,8 @@ class Generator(nn.Module):
         )
         self.exits = nn.ModuleList(ExitLayer(width, patch_size, channels) for _ in range(num_exits))
         self.register_buffer("w_avg", torch.zeros(num_classes, width))
+        # Only for the optional REPA alignment of the generator's own tokens (off in the paper).
+        self.projector = None if teacher_dim is None else repa_projector(width, projector_dim, teacher_dim)
         self._initialize()
 
     def _initialize(self) -> None:
@@ -156,8 +161,10 @@ class Generator(nn.Module):
         batch_mean = sums[present] / counts[present, None]
         self.w_avg[present] = torch.lerp(batch_mean, self.w_avg[present], self.w_avg_beta)
 
-    def synthesize(self, w: torch.Tensor, all_exits: bool = False) -> torch.Tensor:
-        """w [B, width] -> image [B, C, H, W], or every exit's running sum [K, B, C, H, W]."""
+    def synthesize(self, w: torch.Tensor, all_exits: bool = False,
+                   project: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """w [B, width] -> image [B, C, H, W], or every exit's running sum [K, B, C, H, W].
+        With `project`, also the REPA projections of the last block's tokens [B, T, teacher_dim]."""
         x = self.pos_embed.to(w.dtype).expand(w.shape[0], -1, -1)
         image, exits = None, []
         for index, block in enumerate(self.blocks):
@@ -170,7 +177,12 @@ class Generator(nn.Module):
                 out = unpatchify(head(x, w), self.patch_size, self.channels)
                 image = out if image is None else image + out
                 exits.append(image)
-        return torch.stack(exits) if all_exits else image
+        out = torch.stack(exits) if all_exits else image
+        if not project:
+            return out
+        if self.projector is None:
+            raise ValueError("this generator was built without a REPA projector (teacher_dim=None)")
+        return out, self.projector(x)
 
     def forward(
         self,
@@ -180,7 +192,8 @@ class Generator(nn.Module):
         guidance: float = 1.0,
         all_exits: bool = False,
         update_w_avg: bool = False,
-    ) -> torch.Tensor:
+        project: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         w = self.mapping(z, y)
         if update_w_avg:
             self.update_w_avg(w, y)
@@ -188,4 +201,4 @@ class Generator(nn.Module):
             w = self.guide(w, z, guidance)
         if truncation != 1.0:
             w = self.truncate(w, y, truncation)
-        return self.synthesize(w, all_exits)
+        return self.synthesize(w, all_exits, project)

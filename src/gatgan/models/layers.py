@@ -132,6 +132,12 @@ class SwiGLU(nn.Module):
         return self.w3(F.silu(x1) * x2)
 
 
+def repa_projector(width: int, hidden: int, out: int) -> nn.Sequential:
+    """The REPA projection head, token-wise: width -> hidden -> hidden -> teacher width (REFERENCE §2c)."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                         nn.Linear(hidden, out))
+
+
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     """[B, C, H, W] -> [B, (H/p)(W/p), p*p*C], row-major tokens, channel-last within a patch."""
     B, C, H, W = x.shape
