@@ -1,0 +1,1 @@
+"""Evaluation and monitoring utilities (representation alignment scores, ...)."""
