@@ -44,7 +44,6 @@ HUB = "hub"  # weights="hub": the only request that may use the network
 DINOV2_RESOLUTION = 224  # 16x16 tokens of 14 px, as REPA and GAT use for 256 px images
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 HUB_DIRECTORY_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's layout on the Hugging Face Hub
 
 _SIZES = {"s": "small", "b": "base", "l": "large", "g": "giant"}
