@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tinyrun import write_tiny_data
+from tinyrun import write_tiny_data, write_tiny_data_with_teacher
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +18,8 @@ def _single_cpu_thread():
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_with_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_data_with_teacher(tmp_path_factory.mktemp("data"))

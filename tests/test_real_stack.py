@@ -50,7 +50,8 @@ def test_image_folder_to_samples_with_an_sd_vae(vae_dir, tmp_path, capsys):
     assert prepared.index["tokenizer"]["kind"] == "sd_vae" and prepared.scaling.scale == [0.18215]
     assert prepared.index["image_shape"] == [3, 16, 16] and prepared.has_flipped
 
-    overrides = tiny_overrides(data, tmp_path / "runs", **{"train.global_batch": 8, "train.kimg": 0.024})
+    overrides = tiny_overrides(data, tmp_path / "runs", **{"train.global_batch": 8, "train.kimg": 0.024,
+                                                           "loss.repa.teacher": '""'})
     main(["train", "-c", "fmnist", *overrides])
     run = tmp_path / "runs" / "tiny"
     card = json.loads((run / "checkpoints" / "00000003" / "data.json").read_text())

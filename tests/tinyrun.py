@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gatgan.data.inputs import prepare_arrays
-from gatgan.data.prepare import PrepareOptions
+from gatgan.data.prepare import PrepareOptions, prepare
+from gatgan.data.sources import ArraySource
+from gatgan.encoders.ssl import SSLEncoder
 from gatgan.tokenizers.identity import IdentityTokenizer
 from gatgan.train.config import Config, load_config
 
@@ -29,6 +32,19 @@ def write_tiny_data(root: Path) -> Path:
     images, labels = make_tiny_images(96)
     return prepare_arrays(root / "tiny", images, labels, TINY_CLASSES, IdentityTokenizer(1), "synthetic",
                           PrepareOptions(progress=False))
+
+
+def random_teacher() -> tuple[SSLEncoder, dict]:
+    torch.manual_seed(0)
+    return SSLEncoder(image_channels=1, dim=16, width=8, hidden=16, blocks=1), {"note": "random weights"}
+
+
+def write_tiny_data_with_teacher(root: Path) -> Path:
+    """The tiny data with a (random, untrained) REPA teacher stored beside it, and its features."""
+    images, labels = make_tiny_images(96)
+    return prepare(ArraySource(images, labels, TINY_CLASSES, "synthetic"), root / "tiny-teacher",
+                   lambda: (IdentityTokenizer(1), {}), "identity",
+                   PrepareOptions(progress=False, flip=True, teacher_features=True), random_teacher, "random")
 
 
 def tiny_overrides(data: Path, run_dir: Path, **extra: object) -> list[str]:

@@ -14,20 +14,25 @@ def _prepare(args: argparse.Namespace) -> None:
 
     options = PrepareOptions(shard_size=args.shard_size, flip=args.flip, store_images=not args.no_images,
                              moments_dtype=args.moments_dtype, latent_norm=args.latent_norm, seed=args.seed,
+                             teacher_features=args.teacher_features,
                              batch_size=args.batch_size, workers=args.workers, device=args.device)
     vae = dict(vae=args.vae or DEFAULT_VAE, vae_subfolder=args.vae_subfolder, vae_config=args.vae_config)
     if args.source is None:
         tokenizer = args.tokenizer or "small_vae"
         out = args.out or f"data/fmnist-{'vae' if tokenizer == 'small_vae' else 'pixels'}"
         prepare_fashion_mnist(out, tokenizer=tokenizer, root=args.root, tokenizer_steps=args.tokenizer_steps,
-                              options=options)
+                              teacher=args.teacher or "ssl", teacher_steps=args.teacher_steps, options=options)
     elif args.out is None:
         raise ValueError("--out is required with --source")
+    elif args.teacher == "ssl":
+        raise ValueError("--teacher ssl trains on the embedded Fashion-MNIST only; for images pass a teacher such "
+                         "as dinov2_vitb14:/path/dinov2_vitb14_pretrain.pth (see the README)")
     elif is_repa_layout(args.source):
-        import_repa_layout(args.source, args.out, class_names_file=args.class_names, options=options, **vae)
+        import_repa_layout(args.source, args.out, class_names_file=args.class_names, teacher=args.teacher,
+                           options=options, **vae)
     else:
         prepare_image_folder(args.source, args.out, resolution=args.resolution, tokenizer=args.tokenizer or "sd_vae",
-                             class_names_file=args.class_names, options=options, **vae)
+                             class_names_file=args.class_names, teacher=args.teacher, options=options, **vae)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -120,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     prepare.add_argument("--root", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST IDX files")
     prepare.add_argument("--tokenizer-steps", type=int, help="training steps of the small VAE")
+    prepare.add_argument("--teacher",
+                         help="a REPA teacher stored with the data (loss.repa.teacher=data): on Fashion-MNIST 'ssl' "
+                              "(default) trains the self-supervised encoder, 'none' skips it; for images a spec "
+                              "such as dinov2_vitb14:/path/dinov2_vitb14_pretrain.pth")
+    prepare.add_argument("--teacher-features", action="store_true",
+                         help="also store the teacher's features of every image and its mirror image "
+                              "(loss.repa.precomputed=true then skips the teacher in training)")
+    prepare.add_argument("--teacher-steps", type=int, help="training steps of the SSL teacher")
     prepare.add_argument("--seed", type=int, default=0)
     prepare.set_defaults(func=_prepare)
 

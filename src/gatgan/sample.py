@@ -19,6 +19,9 @@ from .train.checkpoint import latest_checkpoint, load_network
 from .train.config import read_config
 
 
+PROJECTOR_OUT = "projector.4.weight"  # the last layer of an optional REPA projector
+
+
 @dataclass
 class Sampler:
     generator: Generator
@@ -40,10 +43,12 @@ class Sampler:
         config = read_config(path / "config.yaml")
         card, scaling = read_data_card(path)
         channels, size = card["latent_shape"][:2]
+        weights = load_network(path, "generator_ema" if ema else "generator")
+        projector = weights.get(PROJECTOR_OUT)  # present when G was aligned with REPA too
         G = build_generator(config.model.generator, input_size=size, channels=channels,
                             num_classes=len(card["class_names"]), num_exits=config.loss.mng.num_levels,
-                            z_dim=config.model.z_dim)
-        G.load_state_dict(load_network(path, "generator_ema" if ema else "generator"))
+                            z_dim=config.model.z_dim, teacher_dim=None if projector is None else projector.shape[0])
+        G.load_state_dict(weights)
         device = torch.device(device)
         tokenizer = load_tokenizer(path.parent.parent / RUN_TOKENIZER)  # runs/<name>/checkpoints/<step>
         return cls(G.eval().requires_grad_(False).to(device), tokenizer.eval().to(device), scaling,

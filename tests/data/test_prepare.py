@@ -141,7 +141,7 @@ def test_two_processes_prepare_exactly_what_one_process_prepares(tmp_path):
 
 @pytest.mark.skipif(not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").is_file(), reason="needs dataset-fashion-mnist")
 def test_prepare_fashion_mnist_with_pixels(tmp_path):
-    path = prepare_fashion_mnist(tmp_path / "fm", tokenizer="identity", options=QUIET)
+    path = prepare_fashion_mnist(tmp_path / "fm", tokenizer="identity", teacher="none", options=QUIET)
     data = LatentDataset(path)
     assert len(data) == 60000 and data.num_classes == 10 and data.latent_size == 32
     assert data.index["source"].startswith("fashion-mnist:")

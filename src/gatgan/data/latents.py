@@ -9,6 +9,8 @@ Layout of a prepared directory (written by `gatgan.data.prepare`):
     shards/NNNNN.labels.npy        int64 [n]
     shards/NNNNN.images.npy        uint8 [n, C, H, W]: source images after the crop (optional;
                                    the REPA teacher and evaluation read them)
+    shards/NNNNN.teacher_{cls,patches}[_flip].npy  float16 REPA teacher features of each image
+                                   and of its mirror image (optional, `--teacher-features`)
     tokenizer/      the tokenizer that produced the moments (`gatgan.tokenizers.load_tokenizer`)
 """
 
@@ -20,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..encoders.base import TeacherFeatures
 from ..tokenizers.base import LatentScaling
 from .shards import open_array
 
+TEACHER_ARRAYS = ("teacher_cls", "teacher_patches", "teacher_cls_flip", "teacher_patches_flip")
 INDEX_FILE = "index.json"
 FORMAT = 2
 
@@ -82,6 +86,10 @@ class LatentDataset:
         return bool(self.index["arrays"].get("images"))
 
     @property
+    def has_teacher_features(self) -> bool:
+        return bool(self.index["arrays"].get("teacher_features"))
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.path / self.index["tokenizer"]["path"]
 
@@ -123,6 +131,20 @@ class LatentDataset:
 
     def labels(self, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.gather("labels", indices).astype(np.int64))
+
+    def teacher_features(self, indices: np.ndarray, flip: np.ndarray | None = None
+                         ) -> tuple[TeacherFeatures, TeacherFeatures]:
+        """The stored teacher features of the images as read (mirrored where `flip` is set) and of
+        their mirror images, so that an augmentation flip can pick either without a teacher."""
+        read = {name: torch.from_numpy(self.gather(name, indices)) for name in TEACHER_ARRAYS}
+        if flip is not None and flip.any():
+            mirrored = torch.from_numpy(flip)
+            for name in ("teacher_cls", "teacher_patches"):
+                view = mirrored.view(-1, *[1] * (read[name].dim() - 1))
+                read[name], read[f"{name}_flip"] = (torch.where(view, read[f"{name}_flip"], read[name]),
+                                                     torch.where(view, read[name], read[f"{name}_flip"]))
+        return (TeacherFeatures(read["teacher_cls"], read["teacher_patches"]),
+                TeacherFeatures(read["teacher_cls_flip"], read["teacher_patches_flip"]))
 
     def images(self, indices: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         """uint8 [B, C, H, W] source images, mirrored where `flip` is set."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..encoders.base import TeacherFeatures
 from ..hardware import usable_cores
 from .latents import BatchSchedule, LatentDataset
 
@@ -24,9 +25,15 @@ class Batch:
     latents: torch.Tensor  # float32 [B, c, h, w], normalised
     labels: torch.Tensor  # int64 [B]
     images: torch.Tensor | None = None  # uint8 [B, C, H, W] with the same flips, when asked for
+    # Precomputed teacher features of the images as read, and of their mirror images
+    teacher: tuple[TeacherFeatures, TeacherFeatures] | None = None
 
     def pin_memory(self) -> "Batch":
-        return Batch(*(t.pin_memory() if t is not None else None for t in (self.latents, self.labels, self.images)))
+        def pin(t):
+            return None if t is None else t.pin_memory()
+        teacher = None if self.teacher is None else tuple(
+            TeacherFeatures(pin(f.cls), pin(f.patches)) for f in self.teacher)
+        return Batch(pin(self.latents), pin(self.labels), pin(self.images), teacher)
 
 
 class StepBatches(Dataset):
@@ -34,14 +41,16 @@ class StepBatches(Dataset):
 
     def __init__(self, data: LatentDataset, schedule: BatchSchedule, *, rank: int, world_size: int,
                  accumulation: int, start_step: int, total_steps: int, seed: int, xflip: bool = True,
-                 with_images: bool = False):
+                 with_images: bool = False, with_teacher_features: bool = False):
         if with_images and not data.has_images:
             raise ValueError(f"{data.path} was prepared without images (--no-images), but this run needs them")
+        if with_teacher_features and not data.has_teacher_features:
+            raise ValueError(f"{data.path} holds no teacher features (prepare with --teacher-features)")
         self.data, self.schedule = data, schedule
         self.rank, self.world_size, self.accumulation = rank, world_size, accumulation
         self.start_step, self.total_steps, self.seed = start_step, total_steps, seed
         self.xflip = xflip and data.has_flipped
-        self.with_images = with_images
+        self.with_images, self.with_teacher_features = with_images, with_teacher_features
         self.parts = world_size * accumulation
 
     def __len__(self) -> int:
@@ -65,7 +74,8 @@ class StepBatches(Dataset):
         noise, flip = self.step_noise(step)
         flip = flip[rows] if self.xflip else None
         images = self.data.images(indices, flip) if self.with_images else None
-        return Batch(self.data.latents(indices, noise[rows], flip), self.data.labels(indices), images)
+        teacher = self.data.teacher_features(indices, flip) if self.with_teacher_features else None
+        return Batch(self.data.latents(indices, noise[rows], flip), self.data.labels(indices), images, teacher)
 
 
 def default_workers() -> int:

@@ -30,22 +30,26 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..hardware import usable_cores
+from ..encoders import Teacher, load_saved_teacher
 from ..tokenizers import load_tokenizer
 from ..tokenizers.base import LatentScaling, Tokenizer, to_signed_unit
 from .imaging import BadImage, is_power_of_two
-from .latents import FORMAT, INDEX_FILE
+from .latents import FORMAT, INDEX_FILE, TEACHER_ARRAYS
 from .shards import open_array, read_record, shard_name, write_shard
 from .sources import ExampleSource, Problem
 
 SETTINGS_FILE = "prepare.json"
 TOKENIZER_DIR = "tokenizer"
-TOKENIZER_REPORT = "report.json"
+TEACHER_DIR = "teacher"  # a REPA teacher trained on the data (the embedded stack's SSL encoder)
+REPORT_FILE = "report.json"  # how a component stored with the data was made
 LATENT_NORMS = ("auto", "fixed", "per-channel")
 MOMENT_DTYPES = ("float32", "float16")
 SHOWN_PER_REASON = 10  # problems printed per kind; all of them are in skipped.jsonl
 
 # Builds the tokenizer (training it, for the embedded VAE) and returns it with a JSON report.
 TokenizerProvider = Callable[[], tuple[Tokenizer, dict]]
+# Trains a REPA teacher on the data (the embedded SSL encoder) and returns it with a JSON report.
+TeacherProvider = Callable[[], tuple[Teacher, dict]]
 
 
 @dataclass
@@ -53,6 +57,7 @@ class PrepareOptions:
     shard_size: int = 5000
     flip: bool = False  # also store the moments of the horizontally flipped image
     store_images: bool = True  # keep the cropped uint8 images (REPA targets, evaluation)
+    teacher_features: bool = False  # also store the teacher's features of each image and its mirror image
     moments_dtype: str = "float32"
     latent_norm: str = "auto"  # auto: the tokenizer's published scaling if it has one, else per-channel
     seed: int = 0  # posterior samples for the latent statistics
@@ -143,11 +148,13 @@ class _ShardBuilder:
 
     def __init__(self, shard: int, options: PrepareOptions):
         self.shard, self.options, self.started = shard, options, time.time()
-        self.parts: dict[str, list[np.ndarray]] = {"moments": [], "labels": [], "images": [], "moments_flip": []}
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in (
+            "moments", "labels", "images", "moments_flip", *TEACHER_ARRAYS)}
         self.problems: list[list[str]] = []
         self.notes: list[list[str]] = []
 
-    def add(self, loaded: list, source: ExampleSource, tokenizer: Tokenizer, device: torch.device) -> None:
+    def add(self, loaded: list, source: ExampleSource, tokenizer: Tokenizer, device: torch.device,
+            teacher: Teacher | None = None) -> None:
         examples = []
         for index, item in loaded:
             if isinstance(item, Problem):
@@ -170,6 +177,11 @@ class _ShardBuilder:
             self.parts["images"].append(images)
         if self.options.flip:
             self.parts["moments_flip"].append(encode_moments(tokenizer, images[..., ::-1].copy(), device).astype(dtype))
+        if teacher is not None:  # float16: features are compared by cosine, and they are large
+            for suffix, pixels in (("", images), ("_flip", images[..., ::-1].copy())):
+                features = teacher(torch.from_numpy(pixels).to(device))
+                self.parts[f"teacher_cls{suffix}"].append(features.cls.half().cpu().numpy())
+                self.parts[f"teacher_patches{suffix}"].append(features.patches.half().cpu().numpy())
 
     def write(self, root: Path) -> None:
         arrays = {name: np.concatenate(parts) for name, parts in self.parts.items() if parts}
@@ -192,7 +204,7 @@ class _ShardBuilder:
 
 
 def _encode_shards(source: ExampleSource, tokenizer: Tokenizer, staging: Path, shards: list[int],
-                   options: PrepareOptions, ranks: _Ranks, device: torch.device) -> int:
+                   options: PrepareOptions, ranks: _Ranks, device: torch.device, teacher: Teacher | None) -> int:
     batches = []
     for shard in shards:
         rows = range(shard * options.shard_size, min((shard + 1) * options.shard_size, len(source)))
@@ -213,7 +225,7 @@ def _encode_shards(source: ExampleSource, tokenizer: Tokenizer, staging: Path, s
     for (shard, rows), loaded in zip(batches, loader):
         if builder is None:
             builder = _ShardBuilder(shard, options)
-        builder.add(loaded, source, tokenizer, device)
+        builder.add(loaded, source, tokenizer, device, teacher)
         bar.update(len(rows))
         remaining[shard] -= 1
         if remaining[shard] == 0:
@@ -226,9 +238,11 @@ def _encode_shards(source: ExampleSource, tokenizer: Tokenizer, staging: Path, s
 
 # ------------------------------------------------------------------------------ the whole run
 def prepare(source: ExampleSource, out: str | Path, provide_tokenizer: TokenizerProvider, tokenizer_request: str,
-            options: PrepareOptions | None = None) -> Path:
+            options: PrepareOptions | None = None, provide_teacher: TeacherProvider | None = None,
+            teacher_request: str = "") -> Path:
     """Writes the prepared directory `out` (layout in `gatgan.data.latents`) from `source`, or
-    finishes an interrupted run of the same command. Returns `out`."""
+    finishes an interrupted run of the same command. Returns `out`. With `provide_teacher`, a
+    REPA teacher made from the data is stored beside it (`loss.repa.teacher=data`)."""
     options = options or PrepareOptions()
     options.validate()
     out = Path(out)
@@ -236,10 +250,13 @@ def prepare(source: ExampleSource, out: str | Path, provide_tokenizer: Tokenizer
         return out
     if options.flip and source.provides_moments:
         raise ValueError("imported moments have no flipped copy; drop --flip")
+    if options.teacher_features and provide_teacher is None:
+        raise ValueError("teacher features need a teacher (--teacher)")
     ranks = _Ranks.from_environment()
     staging = out.with_name(out.name + ".partial")
     settings = {"source": source.description, "examples": len(source), "class_names": source.class_names,
-                "tokenizer": tokenizer_request, **source.output_settings(), **options.output_settings()}
+                "tokenizer": tokenizer_request, "teacher": teacher_request, **source.output_settings(),
+                **options.output_settings()}
     if ranks.rank == 0:
         _start_or_resume(staging, settings)
         _report_listing(source)
@@ -248,20 +265,26 @@ def prepare(source: ExampleSource, out: str | Path, provide_tokenizer: Tokenizer
         _check_settings(staging, settings)
 
     tokenizer_dir = staging / TOKENIZER_DIR
-    if ranks.rank == 0 and not (tokenizer_dir / "tokenizer.json").is_file():
-        _save_tokenizer(provide_tokenizer, tokenizer_dir)
+    if ranks.rank == 0:
+        _store_component(provide_tokenizer, tokenizer_dir, "tokenizer.json", load_tokenizer)
+        if provide_teacher is not None:
+            _store_component(provide_teacher, staging / TEACHER_DIR, "teacher.json", load_saved_teacher)
     _wait_until(lambda: (tokenizer_dir / "tokenizer.json").is_file(), "rank 0 to provide the tokenizer")
     device = ranks.device(options.device)
     if device.type == "cpu" and ranks.local_world_size > 1:  # ranks on one machine share its cores
         torch.set_num_threads(max(1, usable_cores() // ranks.local_world_size))
     tokenizer = load_tokenizer(tokenizer_dir).to(device).eval()
+    teacher = None
+    if options.teacher_features:
+        _wait_until(lambda: (staging / TEACHER_DIR / "teacher.json").is_file(), "rank 0 to provide the teacher")
+        teacher = load_saved_teacher(staging / TEACHER_DIR).to(device).eval()
 
     started = time.time()
     num_shards = math.ceil(len(source) / options.shard_size)
     mine = [s for s in range(ranks.rank, num_shards, ranks.world_size) if read_record(staging, s) is None]
     if len(mine) < len(range(ranks.rank, num_shards, ranks.world_size)):
         print(f"rank {ranks.rank}: resuming, {len(mine)} of its shards left to do")
-    _encode_shards(source, tokenizer, staging, mine, options, ranks, device)
+    _encode_shards(source, tokenizer, staging, mine, options, ranks, device, teacher)
     if ranks.rank != 0:
         print(f"rank {ranks.rank}: finished its shards; rank 0 writes the index")
         return out
@@ -296,13 +319,16 @@ def _check_settings(staging: Path, settings: dict) -> None:
                          f"the same settings to finish it, or delete {staging} to start over")
 
 
-def _save_tokenizer(provide_tokenizer: TokenizerProvider, directory: Path) -> None:
-    tokenizer, report = provide_tokenizer()
+def _store_component(provide: Callable[[], tuple], directory: Path, marker: str, load: Callable) -> None:
+    """Builds (or trains) a network stored with the data, once: a resumed prepare reuses it."""
+    if (directory / marker).is_file():
+        return
+    component, report = provide()
     temporary = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
-    tokenizer.save(temporary)
-    (temporary / TOKENIZER_REPORT).write_text(json.dumps(report, indent=2))
-    load_tokenizer(temporary)  # fail now, not in training, if the saved tokenizer is unreadable
+    component.save(temporary)
+    (temporary / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    load(temporary)  # fail now, not in training, if what was saved cannot be read back
     temporary.rename(directory)
 
 
@@ -324,6 +350,13 @@ def _print_problems(problems: list[Problem], what: str) -> None:
             print(f"  {problem}", file=sys.stderr)
         if len(group) > SHOWN_PER_REASON:
             print(f"  ... and {len(group) - SHOWN_PER_REASON} more: {reason}", file=sys.stderr)
+
+
+def _component_index(directory: Path, marker: str) -> dict | None:
+    if not (directory / marker).is_file():
+        return None
+    return {"path": directory.name, **json.loads((directory / marker).read_text()),
+            "report": json.loads((directory / REPORT_FILE).read_text())}
 
 
 def _latent_statistics(records: list[dict]) -> tuple[list[float], list[float]]:
@@ -372,11 +405,12 @@ def _finalize(source: ExampleSource, tokenizer: Tokenizer, staging: Path, out: P
         "format": FORMAT, "source": source.description, "count": count,
         "shards": [{"name": shard_name(s), "count": r["count"]} for s, r in enumerate(records)],
         "arrays": {"moments": options.moments_dtype, "labels": "int64", "images": options.store_images,
-                   "moments_flip": options.flip},
+                   "moments_flip": options.flip, "teacher_features": options.teacher_features},
         "image_shape": list(open_array(staging, first, "images").shape[1:]) if options.store_images else None,
         "latent_shape": latent_shape, "class_names": source.class_names,
         "tokenizer": {"path": TOKENIZER_DIR, **tokenizer_json},
-        "tokenizer_report": json.loads((staging / TOKENIZER_DIR / TOKENIZER_REPORT).read_text()),
+        "tokenizer_report": json.loads((staging / TOKENIZER_DIR / REPORT_FILE).read_text()),
+        "teacher": _component_index(staging / TEACHER_DIR, "teacher.json"),
         "scaling": scaling.to_dict(), "latent_norm": options.latent_norm,
         "latent_stats": {"mean": mean, "std": std}, "settings": settings, "summary": summary,
     }

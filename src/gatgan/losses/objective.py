@@ -20,7 +20,7 @@ from .adversarial import discriminator_relativistic_loss, generator_relativistic
 from .augment import AugmentParams, DiffAugment
 from .mng import MNG
 from .penalty import PENALTY_MODES, exact_gradient_penalty, finite_difference_penalty
-from .repa import REPATargets, alignment_loss, generator_alignment_loss
+from .repa import REPAInput, REPATargets, alignment_loss, generator_alignment_loss
 
 
 @dataclass
@@ -60,10 +60,10 @@ class GATObjective:
 
     def discriminator_loss(
         self, D: nn.Module, real: torch.Tensor, fake_levels: torch.Tensor, y: torch.Tensor,
-        generator: torch.Generator, real_images: torch.Tensor | None = None,
+        generator: torch.Generator, repa_input: REPAInput | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """real [B, C, H, W] clean latents; fake_levels [K, B, C, H, W] detached generator exits;
-        real_images [B, C', H', W'] the raw images of `real`, needed when REPA is on.
+        repa_input: the raw images of `real` (or their precomputed teacher features), for REPA.
 
         All of D's inputs go through ONE forward call (real, fake and, for the approximated
         penalty, their perturbed copies), which is both faster and what DDP expects."""
@@ -109,9 +109,9 @@ class GATObjective:
             loss = loss + settings.gamma_r1 / 2 * r1.mean() + settings.gamma_r2 / 2 * r2.mean()
             stats |= {"loss/R1": r1.mean().detach(), "loss/R2": r2.mean().detach()}
         if self.repa is not None:
-            if real_images is None:
-                raise ValueError("REPA is on but the batch has no real images")
-            alignment = alignment_loss(projected, self.repa(real_images, real_params)).mean()
+            if repa_input is None:
+                raise ValueError("REPA is on but the batch has neither real images nor teacher features")
+            alignment = alignment_loss(projected, self.repa(repa_input, real_params)).mean()
             loss = loss + self.repa_weight * alignment
             stats["loss/REPA"] = alignment.detach()
         stats["loss/D"] = loss.detach()
@@ -120,7 +120,7 @@ class GATObjective:
     def generator_loss(
         self, D: nn.Module, real: torch.Tensor, fake_levels: torch.Tensor, y: torch.Tensor,
         generator: torch.Generator, projected_tokens: torch.Tensor | None = None,
-        real_images: torch.Tensor | None = None,
+        repa_input: REPAInput | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """fake_levels carry gradient to G; D's own parameters should be frozen by the caller.
         With `projected_tokens` (G's REPA projections, when G is aligned too) G's tokens are
@@ -134,7 +134,7 @@ class GATObjective:
         loss = generator_relativistic_loss(real_logits, fake_logits).mean()
         stats = {"loss/G_adv": loss.detach()}
         if projected_tokens is not None:
-            alignment = generator_alignment_loss(projected_tokens, self.repa(real_images)).mean()
+            alignment = generator_alignment_loss(projected_tokens, self.repa(repa_input)).mean()
             loss = loss + self.repa_weight * alignment
             stats["loss/REPA_G"] = alignment.detach()
         stats["loss/G"] = loss.detach()

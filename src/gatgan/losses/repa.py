@@ -28,6 +28,9 @@ class REPASettings:
     teacher: str = ""
     weight: float = 1.0  # lambda_REPA (REFERENCE §3e)
     align_generator: bool = False  # also align G's last-block tokens (an open question, off in the paper)
+    # Read the teacher features stored by `prepare --teacher-features` instead of running the
+    # teacher (exact for flips; refused with DiffAugment's translation, which features cannot follow).
+    precomputed: bool = False
 
 
 def alignment_loss(projected: torch.Tensor, target: TeacherFeatures) -> torch.Tensor:
@@ -64,14 +67,31 @@ def augment_images_like_latents(images: torch.Tensor, params: AugmentParams, aug
     return images
 
 
+# What the REPA targets are made from: raw images [B, C, H, W], or precomputed teacher features
+# of the images as read and of their mirror images.
+REPAInput = torch.Tensor | tuple[TeacherFeatures, TeacherFeatures]
+
+
 class REPATargets:
     """Teacher features of the real batch as D sees it (augmented) or as G should produce it."""
 
-    def __init__(self, teacher: Teacher, augment: DiffAugment, latent_size: int):
+    def __init__(self, teacher: Teacher | None, augment: DiffAugment, latent_size: int):
         self.teacher, self.augment, self.latent_size = teacher, augment, latent_size
 
-    def __call__(self, images: torch.Tensor, params: AugmentParams | None = None) -> TeacherFeatures:
-        images = images.float()
+    def __call__(self, source: REPAInput, params: AugmentParams | None = None) -> TeacherFeatures:
+        if isinstance(source, tuple):
+            return self._precomputed(*source, params)
+        images = source.float()
         if params is not None:
             images = augment_images_like_latents(images, params, self.augment, self.latent_size)
         return self.teacher(images)
+
+    def _precomputed(self, as_read: TeacherFeatures, mirrored: TeacherFeatures,
+                     params: AugmentParams | None) -> TeacherFeatures:
+        if params is not None and "translation" in self.augment.ops:
+            raise ValueError("precomputed teacher features cannot follow DiffAugment's translation")
+        if params is None or "flip" not in self.augment.ops:
+            return as_read
+        flip = params.flip.to(as_read.cls.device)
+        return TeacherFeatures(torch.where(flip[:, None], mirrored.cls, as_read.cls),
+                               torch.where(flip[:, None, None, None], mirrored.patches, as_read.patches))

@@ -17,6 +17,7 @@ import yaml
 from ..losses.augment import DiffAugment
 from ..losses.mng import MNG
 from ..losses.objective import PenaltySettings
+from ..losses.repa import REPASettings
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -47,6 +48,7 @@ class LossConfig:
     mng: MNG = field(default_factory=MNG)
     augment: DiffAugment = field(default_factory=DiffAugment)
     penalty: PenaltySettings = field(default_factory=PenaltySettings)
+    repa: REPASettings = field(default_factory=REPASettings)
 
 
 @dataclass
@@ -73,6 +75,9 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu" or "cuda"
     log_every: int = 50  # steps
     sample_every: int = 1250
+    # D-teacher alignment (CKNNA, CKA) when a REPA teacher is set, at logging steps that are
+    # multiples of it; 0 = never
+    align_every: int = 1250
     checkpoint_every: int = 1250
     keep_checkpoints: int = 3  # older step folders are deleted; 0 keeps all
     threads: int = 0  # torch CPU threads; 0 leaves torch's default

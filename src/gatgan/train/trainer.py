@@ -1,5 +1,6 @@
-"""The GAT training loop: per iteration one D step, then one G step on the same real batch and
-the same z (REFERENCE §3a), an EMA update, and periodic logs, sample grids and checkpoints.
+"""The GAT training loop: per iteration one D step (with REPA when a teacher is set), then one G
+step on the same real batch and the same z (REFERENCE §3a), an EMA update, and periodic logs,
+D-teacher alignment scores, sample grids and checkpoints.
 
 Re-running the same command resumes: the step counter, networks, EMA, optimisers, the per-class
 w average and the random stream of z and the losses come back from the latest checkpoint, and the
@@ -27,8 +28,10 @@ from tqdm import tqdm
 from ..data.card import DATA_CARD, RUN_TOKENIZER, write_data_card
 from ..data.latents import BatchSchedule, LatentDataset
 from ..data.loader import StepBatches, step_loader
+from ..encoders import Teacher, TeacherFeatures, load_teacher
 from ..images import save_grid
 from ..losses.objective import GATObjective
+from ..losses.repa import REPAInput, REPATargets
 from ..models import build_discriminator, build_generator
 from ..sample import Sampler
 from ..tokenizers import load_tokenizer
@@ -36,14 +39,15 @@ from .checkpoint import latest_checkpoint, load_network, load_state, save_checkp
 from .config import Config, read_config, save_config
 from .distributed import DistributedEnv, init_distributed, mean_across_processes
 from .ema import EMA
+from .monitor import AlignmentMonitor
 from .optim import build_optimizer, width_aware_lr
 
 # Settings that may change when a run is resumed (durations and cadences); anything else must
 # match the saved config, or the continuation would silently be a different experiment.
 # data.path may change (data moved) because the data card of the run is checked instead.
-RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.threads", "train.batch_per_device", "train.device",
-                     "data.path", "data.workers"}
+RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.align_every",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.batch_per_device",
+                     "train.device", "data.path", "data.workers"}
 GRID_COLUMNS = 10
 GRID_MAX_ROWS = 16
 
@@ -95,11 +99,15 @@ class Trainer:
         self.plan = BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, self.env.world_size)
         self.schedule = BatchSchedule(len(self.data), self.plan.global_batch, config.train.seed)
         self.total_steps = math.ceil(config.train.kimg * 1000 / self.plan.global_batch)
+        self.teacher = self._load_teacher()
         self._build_networks()
-        self.objective = GATObjective(config.loss.augment, config.loss.mng, config.loss.penalty)
+        repa = config.loss.repa
+        targets = REPATargets(self.teacher, config.loss.augment, self.data.latent_size) if self.repa_on else None
+        self.objective = GATObjective(config.loss.augment, config.loss.mng, config.loss.penalty, targets, repa.weight)
         stream = config.train.seed * 1_000_003 + self.env.rank
         self.noise_rng = torch.Generator(self.device).manual_seed(stream)  # z, augmentation, MNG, penalty
         self._batches, self._batches_step = None, -1
+        self._monitor: AlignmentMonitor | None = None
         self.step = 0
         self._resume()
         # Buffers are not broadcast: the only mutable one (w_avg) is all-reduced by the generator.
@@ -119,14 +127,33 @@ class Trainer:
             write_data_card(self.run_dir, self.data)
         dist.barrier()
 
+    @property
+    def repa_on(self) -> bool:
+        """A teacher with weight 0 is loaded for monitoring the alignment only (the REPA-off arm)."""
+        return self.teacher is not None and self.config.loss.repa.weight > 0
+
+    def _load_teacher(self) -> Teacher | None:
+        repa = self.config.loss.repa
+        if not repa.teacher:
+            return None
+        if repa.precomputed and "translation" in self.config.loss.augment.ops:
+            raise ValueError("loss.repa.precomputed: stored teacher features cannot follow DiffAugment's "
+                             "translation; run the teacher online or drop translation from loss.augment.policy")
+        if not self.data.has_images and not repa.precomputed:
+            raise ValueError(f"REPA needs the raw images, but {self.data.path} was prepared with --no-images "
+                             "(or precomputed teacher features: loss.repa.precomputed=true)")
+        return load_teacher(repa.teacher, self.data.path).to(self.device).eval()
+
     def _build_networks(self) -> None:
         cfg, data = self.config, self.data
         shape = dict(input_size=data.latent_size, channels=data.latent_channels, num_classes=data.num_classes)
+        teacher_dim = self.teacher.dim if self.repa_on else None
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.G = build_generator(cfg.model.generator, num_exits=cfg.loss.mng.num_levels, z_dim=cfg.model.z_dim,
+                                 teacher_dim=teacher_dim if cfg.loss.repa.align_generator else None,
                                  **shape).to(self.device)
         self.D = build_discriminator(cfg.model.discriminator, num_levels=cfg.loss.mng.num_levels,
-                                     **shape).to(self.device)
+                                     teacher_dim=teacher_dim, **shape).to(self.device)
         self.G.grad_checkpointing = self.D.grad_checkpointing = cfg.train.grad_checkpointing
         self.ema = EMA(self.G, cfg.optim.ema_decay)
         o = cfg.optim
@@ -164,19 +191,25 @@ class Trainer:
             raise ValueError(f"train.precision must be fp32 or bf16, got {self.config.train.precision!r}")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, REPAInput | None]]:
         if self._batches_step != self.step:  # first step, or the step was moved (resume)
+            precomputed = self.config.loss.repa.precomputed
             steps = StepBatches(self.data, self.schedule, rank=self.env.rank, world_size=self.env.world_size,
                                 accumulation=self.plan.accumulation, start_step=self.step,
                                 total_steps=max(self.total_steps, self.step + 1), seed=self.config.train.seed,
-                                xflip=self.config.data.xflip)
+                                xflip=self.config.data.xflip, with_images=self.repa_on and not precomputed,
+                                with_teacher_features=self.repa_on and precomputed)
             self._batches = iter(step_loader(steps, self.config.data.workers, self.device.type == "cuda"))
         batches = []
         for _ in range(self.plan.accumulation):
             batch = next(self._batches)
             z = torch.randn(len(batch.labels), self.config.model.z_dim, generator=self.noise_rng, device=self.device)
+            repa_input = None if batch.images is None else batch.images.to(self.device, non_blocking=True)
+            if batch.teacher is not None:
+                repa_input = tuple(TeacherFeatures(f.cls.to(self.device), f.patches.to(self.device))
+                                   for f in batch.teacher)
             batches.append((batch.latents.to(self.device, non_blocking=True),
-                            batch.labels.to(self.device, non_blocking=True), z))
+                            batch.labels.to(self.device, non_blocking=True), z, repa_input))
         self._batches_step = self.step + 1
         return batches
 
@@ -194,22 +227,25 @@ class Trainer:
         stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         batches = self._micro_batches()
         scale = 1.0 / self.plan.accumulation
-        for micro, (real, y, z) in enumerate(batches):  # ---- D step
+        for micro, (real, y, z, repa_input) in enumerate(batches):  # ---- D step
             with torch.no_grad(), self._autocast():
                 fake = self.G(z, y, all_exits=True)
             with self._sync_context(self.D_ddp, micro), self._autocast():
                 loss, micro_stats = self.objective.discriminator_loss(self.D_ddp, real, fake.float(), y,
-                                                                      self.noise_rng)
+                                                                      self.noise_rng, repa_input)
                 (loss * scale).backward()
             for k, v in micro_stats.items():
                 stats[k] += v * scale
         stats["grad_norm/D"] = self._optimizer_step(self.D, self.opt_D)
 
         self.D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
-        for micro, (real, y, z) in enumerate(batches):  # ---- G step, same reals and z
+        align_G = self.G.projector is not None
+        for micro, (real, y, z, repa_input) in enumerate(batches):  # ---- G step, same reals and z
             with self._sync_context(self.G_ddp, micro), self._autocast():
-                fake = self.G_ddp(z, y, all_exits=True, update_w_avg=True)
-                loss, micro_stats = self.objective.generator_loss(self.D, real, fake.float(), y, self.noise_rng)
+                out = self.G_ddp(z, y, all_exits=True, update_w_avg=True, project=align_G)
+                fake, projected = out if align_G else (out, None)
+                loss, micro_stats = self.objective.generator_loss(self.D, real, fake.float(), y, self.noise_rng,
+                                                                  projected, repa_input)
                 (loss * scale).backward()
             for k, v in micro_stats.items():
                 stats[k] += v * scale
@@ -230,6 +266,14 @@ class Trainer:
             lines = [line for line in self.stats_file.read_text().splitlines()
                      if line.strip() and json.loads(line)["step"] <= step]
             self.stats_file.write_text("".join(line + "\n" for line in lines))
+
+    def alignment(self) -> dict[str, float]:
+        """CKNNA/CKA of D's and the teacher's features (see `AlignmentMonitor`), on the main process."""
+        if self._monitor is None:
+            tokenizer = load_tokenizer(self.run_dir / RUN_TOKENIZER).to(self.device).eval()
+            self._monitor = AlignmentMonitor(self.teacher, tokenizer, self.data, self.config.loss.mng,
+                                             self.G.z_dim, self.device)
+        return self._monitor(self.ema.model, self.D)
 
     def save_samples(self) -> Path:
         rows = list(range(0, self.data.num_classes, max(1, self.data.num_classes // GRID_MAX_ROWS)))[:GRID_MAX_ROWS]
@@ -281,6 +325,9 @@ class Trainer:
                 elapsed = time.time() - window_start
                 record = {"step": self.step, "kimg": round(self.step * self.plan.global_batch / 1000, 3),
                           "sec_per_step": round(elapsed / window_steps, 4), **averaged}
+                if self.env.is_main and self.teacher is not None and cfg.align_every and (
+                        self.step % cfg.align_every == 0 or finished):
+                    record |= self.alignment()
                 if self.env.is_main:
                     with open(self.stats_file, "a") as f:
                         f.write(json.dumps(record) + "\n")

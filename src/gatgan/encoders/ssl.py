@@ -1,0 +1,332 @@
+"""A small self-supervised image encoder that gatgan trains itself, to serve as the REPA teacher
+where no pretrained one (DINOv2) is available, as on the embedded offline Fashion-MNIST stack.
+
+Objective: SimCLR's NT-Xent between two augmented views of each image (random resized crop with
+flip, brightness/contrast jitter, pixel noise), on a projection of the pooled [cls] vector, plus the
+same loss between *patch* features at corresponding image locations of the two views. The crop
+geometry of each view is known, so a point of the original image can be found in both feature maps
+(bilinear sampling); the dense term makes the patch map -- what REPA aligns the discriminator's
+tokens to -- locally discriminative rather than only good once pooled. No labels are used anywhere
+in training: `train_ssl_encoder` takes none.
+
+The network is a small CNN, not a ViT: at this size and on a CPU, convolutions learn far more per
+second. The first 2x reduction is a space-to-depth rearrangement (as in the small VAE) so no layer
+runs at full resolution; a stride-2 convolution then gives a 4-pixel patch grid (8x8 for 32x32).
+BatchNorm makes the short training converge fastest; in eval mode (how a teacher is always used)
+it is a fixed per-channel affine map, so each image's features do not depend on its batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from .base import Teacher, TeacherFeatures
+
+WEIGHTS_FILE = "teacher.safetensors"
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+class _ResBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the input, then ReLU (the ResNet basic block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_bn_relu(channels, channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+def _channel_norm(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the channel axis of [B, C, h, w] (no affine): each patch feature has zero mean
+    and unit variance over its channels, as the normalised final-layer tokens of a ViT teacher do."""
+    return F.layer_norm(x.movedim(1, -1), (x.shape[1],)).movedim(-1, 1)
+
+
+class SSLEncoder(Teacher):
+    """uint8 images [B, C, H, W] (H, W multiples of 4) -> patches [B, dim, H/4, W/4] and cls [B, dim].
+
+    patches: the trunk's last map through a 1x1 convolution, layer-normalised per location.
+    cls: the spatial mean of the (pre-normalisation) patch map, layer-normalised.
+    """
+
+    kind = "ssl_encoder"
+
+    def __init__(self, image_channels: int = 1, dim: int = 128, width: int = 32, hidden: int = 64,
+                 blocks: int = 2, cls_grid: int = 2) -> None:
+        super().__init__()
+        self.image_channels = image_channels
+        self.dim = dim
+        self.width = width
+        self.hidden = hidden
+        self.blocks = blocks
+        self.cls_grid = cls_grid
+        self.trunk = nn.Sequential(
+            nn.PixelUnshuffle(2),  # [4C, H/2, W/2]
+            *_conv_bn_relu(4 * image_channels, width),
+            *_conv_bn_relu(width, width),
+            *_conv_bn_relu(width, hidden, stride=2),  # the 4-pixel patch grid
+            *[_ResBlock(hidden) for _ in range(blocks)],
+        )
+        self.to_patches = nn.Conv2d(hidden, dim, 1)
+        pooled = hidden * cls_grid ** 2
+        self.to_cls = nn.Identity() if pooled == dim else nn.Linear(pooled, dim)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 values [0, 255] -> float32 [-1, 1]."""
+        if images.shape[1] != self.image_channels:
+            raise ValueError(f"this encoder takes {self.image_channels}-channel images, got {images.shape[1]}")
+        return images.float().div(127.5).sub(1.0)
+
+    def raw_features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled [B, dim], patch map [B, dim, h, w]) before normalisation; training uses these."""
+        trunk = self.trunk(inputs)
+        pooled = F.adaptive_avg_pool2d(trunk, self.cls_grid).flatten(1)
+        return self.to_cls(pooled), self.to_patches(trunk)
+
+    def features(self, inputs: torch.Tensor) -> TeacherFeatures:
+        pooled, patches = self.raw_features(inputs)
+        return TeacherFeatures(cls=F.layer_norm(pooled, (self.dim,)), patches=_channel_norm(patches))
+
+    def config(self) -> dict:
+        return {"image_channels": self.image_channels, "dim": self.dim, "width": self.width,
+                "hidden": self.hidden, "blocks": self.blocks, "cls_grid": self.cls_grid}
+
+    def save(self, directory: str | Path) -> None:
+        super().save(directory)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(Path(directory) / WEIGHTS_FILE))
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, config: dict) -> "SSLEncoder":
+        config = {k: v for k, v in config.items() if k != "kind"}
+        model = cls(**config)
+        model.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+        return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation: every view is an affine resampling of the image whose parameters are returned, so
+# that corresponding locations of two views can be found for the dense term.
+
+
+def _random_crops(batch: int, min_area: float, generator: torch.Generator) -> torch.Tensor:
+    """Per image (scale_x, scale_y, shift_x, shift_y) in grid_sample's normalised coordinates: the
+    view's point u in [-1, 1] samples the image at scale * u + shift. scale_x < 0 is a flip."""
+    area = min_area + (1.0 - min_area) * torch.rand(batch, generator=generator)
+    log_ratio = (torch.rand(batch, generator=generator) * 2 - 1) * math.log(4 / 3)
+    scale_x = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+    scale_y = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    shift_x = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - scale_x)
+    shift_y = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - scale_y)
+    flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
+    return torch.stack([scale_x * flip, scale_y, shift_x, shift_y], dim=1)
+
+
+def _augment(images: torch.Tensor, crops: torch.Tensor, jitter: float, generator: torch.Generator) -> torch.Tensor:
+    """uint8-valued [B, C, H, W] -> an augmented view in [-1, 1]: resized crop (crops), then
+    brightness and contrast jitter and Gaussian noise."""
+    batch = images.shape[0]
+    x = images.float() / 255.0
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = crops[:, 0], crops[:, 1]
+    theta[:, 0, 2], theta[:, 1, 2] = crops[:, 2], crops[:, 3]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    brightness = 1 + jitter * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
+    contrast = 1 + jitter * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean) * brightness
+    x = x + 0.04 * torch.randn(x.shape, generator=generator)
+    return x.clamp(0, 1) * 2 - 1
+
+
+def _nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss: each row of a must pick its own row of b (and vice versa) among all 2N - 1
+    other rows of [a; b], by cosine similarity / temperature."""
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    n = a.shape[0]
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+    return F.cross_entropy(logits, targets)
+
+
+def _corresponding_points(crops_a: torch.Tensor, crops_b: torch.Tensor, points: int,
+                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random points of view a, the same image points in view b, and which of them lie inside b.
+    Returns grids [B, points, 1, 2] for a and b (normalised coordinates) and a mask [B, points]."""
+    batch = crops_a.shape[0]
+    u_a = torch.rand(batch, points, 2, generator=generator) * 1.75 - 0.875  # away from the zero-padded edge
+    image = u_a * crops_a[:, None, :2] + crops_a[:, None, 2:]
+    u_b = (image - crops_b[:, None, 2:]) / crops_b[:, None, :2]
+    inside = (u_b.abs() <= 0.875).all(dim=2)
+    return u_a[:, :, None], u_b[:, :, None], inside
+
+
+def _sample(patches: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """[B, dim, h, w] at grid [B, P, 1, 2] -> [B, P, dim]."""
+    return F.grid_sample(patches, grid, mode="bilinear", align_corners=False)[..., 0].transpose(1, 2)
+
+
+def _learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to zero."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+
+
+def train_ssl_encoder(
+    images: np.ndarray,
+    *,
+    steps: int = 600,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    temperature: float = 0.2,
+    dense_weight: float = 0.5,
+    dense_points: int = 4,
+    min_crop_area: float = 0.35,
+    jitter: float = 0.4,
+    seed: int = 0,
+    progress: bool = True,
+    dim: int = 128,
+    width: int = 32,
+    hidden: int = 64,
+    blocks: int = 2,
+    cls_grid: int = 2,
+) -> tuple[SSLEncoder, dict]:
+    """Trains an SSLEncoder on uint8 images [N, C, H, W] without labels; returns it frozen in eval
+    mode and training statistics (steps, seconds, final smoothed losses).
+
+    The projection heads (an MLP on the pooled vector, a per-location MLP on the patch features)
+    exist only here: as in SimCLR, the representation before the head is the one that transfers.
+    The global RNG is left untouched; everything random comes from `seed`.
+    """
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SSLEncoder(image_channels=data.shape[1], dim=dim, width=width, hidden=hidden, blocks=blocks,
+                             cls_grid=cls_grid)
+        head = _mlp(dim, 2 * dim, dim)
+        dense_head = _mlp(dim, 2 * dim, dim)
+    model.train()
+    parameters = [*model.parameters(), *head.parameters(), *dense_head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
+    warmup = min(50, steps // 10 + 1)
+    batch_size = min(batch_size, len(data))
+    order = torch.randperm(len(data), generator=generator)
+    cursor = 0
+    smoothed: dict[str, float] = {}
+    history: list[float] = []
+    started = time.time()
+    bar = tqdm(range(steps), desc="train ssl_encoder", unit="step", disable=not progress)
+    for step in bar:
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(data), generator=generator), 0
+        batch = data[order[cursor:cursor + batch_size]]
+        cursor += batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, steps, lr, warmup)
+
+        crops_a = _random_crops(len(batch), min_crop_area, generator)
+        crops_b = _random_crops(len(batch), min_crop_area, generator)
+        views = torch.cat([_augment(batch, crops_a, jitter, generator), _augment(batch, crops_b, jitter, generator)])
+        pooled, patches = model.raw_features(views)
+        pooled_a, pooled_b = head(pooled).chunk(2)
+        global_loss = _nt_xent(pooled_a, pooled_b, temperature)
+        loss = global_loss
+        dense_loss = torch.zeros(())
+        if dense_weight > 0:
+            grid_a, grid_b, inside = _corresponding_points(crops_a, crops_b, dense_points, generator)
+            patches_a, patches_b = patches.chunk(2)
+            points_a = _sample(patches_a, grid_a)[inside]
+            points_b = _sample(patches_b, grid_b)[inside]
+            if len(points_a) > 1:
+                projected = dense_head(torch.cat([points_a, points_b]))
+                dense_loss = _nt_xent(*projected.chunk(2), temperature)
+                loss = loss + dense_weight * dense_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        history.append(loss.item())
+        for name, value in (("loss", loss), ("global_loss", global_loss), ("dense_loss", dense_loss)):
+            smoothed[name] = value.item() if step == 0 else 0.95 * smoothed[name] + 0.05 * value.item()
+        if step % 20 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{smoothed['loss']:.3f}")
+    bar.close()
+    model.eval().requires_grad_(False)
+    stats = {"steps": steps, "batch_size": batch_size, "lr": lr, "temperature": temperature,
+             "dense_weight": dense_weight, "seed": seed, "seconds": round(time.time() - started, 1),
+             **{f"final_{k}": v for k, v in smoothed.items()}, "loss_history": history}
+    return model, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear probe: the standard measure of a self-supervised representation.
+
+
+@torch.no_grad()
+def encode_for_probe(encoder: Teacher, images: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
+    """The frozen features a probe sees: the [cls] vector (what the name says; no patch pooling)."""
+    encoder.eval()
+    chunks = [encoder(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).cls
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks).float()
+
+
+def fit_linear_probe(train_features: torch.Tensor, train_labels: np.ndarray | torch.Tensor,
+                     test_features: torch.Tensor, test_labels: np.ndarray | torch.Tensor,
+                     *, weight_decay: float = 1e-4, iterations: int = 300, seed: int = 0) -> float:
+    """Multinomial logistic regression on features standardised with the *training* statistics,
+    fitted full-batch with L-BFGS (fixed hyper-parameters, no selection on the test set), scored
+    by accuracy on the held-out test features."""
+    train_labels = torch.as_tensor(np.asarray(train_labels)).long()
+    test_labels = torch.as_tensor(np.asarray(test_labels)).long()
+    mean, std = train_features.mean(0), train_features.std(0).clamp_min(1e-6)
+    x_train, x_test = (train_features - mean) / std, (test_features - mean) / std
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    generator = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(x_train.shape[1], classes, generator=generator) * 0.01).requires_grad_()
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=iterations, history_size=20,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x_train @ weight + bias, train_labels) + weight_decay * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        predictions = (x_test @ weight + bias).argmax(1)
+    return (predictions == test_labels).float().mean().item()
+
+
+def linear_probe_accuracy(encoder: Teacher, train_images: np.ndarray, train_labels: np.ndarray,
+                          test_images: np.ndarray, test_labels: np.ndarray, *, seed: int = 0) -> float:
+    """Held-out test accuracy of a linear classifier on the encoder's frozen, standardised [cls]
+    features (only the cls vector, no pooled patch features), fitted on the training images."""
+    return fit_linear_probe(encode_for_probe(encoder, train_images), train_labels,
+                            encode_for_probe(encoder, test_images), test_labels, seed=seed)
