@@ -2,8 +2,9 @@
 where no pretrained one (DINOv2) is available, as on the embedded offline Fashion-MNIST stack.
 
 Objective: SimCLR's NT-Xent between two augmented views of each image (random resized crop with
-flip, brightness/contrast jitter, pixel noise), on a projection of the pooled [cls] vector, plus the
-same loss between *patch* features at corresponding image locations of the two views. The crop
+flip, brightness/contrast jitter, pixel noise), on an MLP projection of the trunk's pooled feature
+vector (from which [cls] is derived), plus the same loss between *patch* features at corresponding
+image locations of the two views. The crop
 geometry of each view is known, so a point of the original image can be found in both feature maps
 (bilinear sampling); the dense term makes the patch map -- what REPA aligns the discriminator's
 tokens to -- locally discriminative rather than only good once pooled. No labels are used anywhere
@@ -61,15 +62,30 @@ def _channel_norm(x: torch.Tensor) -> torch.Tensor:
 class SSLEncoder(Teacher):
     """uint8 images [B, C, H, W] (H, W multiples of 4) -> patches [B, dim, H/4, W/4] and cls [B, dim].
 
-    patches: the trunk's last map through a 1x1 convolution, layer-normalised per location.
-    cls: the spatial mean of the (pre-normalisation) patch map, layer-normalised.
+    The trunk's last map [hidden, H/4, W/4] gives both outputs:
+    - patches: a 1x1 convolution of the map, minus its mean over the calibration images, then
+      layer-normalised at each location;
+    - cls: the map average-pooled to a cls_grid x cls_grid grid and flattened (the "representation"
+      the contrastive head was trained on: a grid keeps the coarse layout a global mean loses, worth
+      several points of probe accuracy on Fashion-MNIST), centred and projected onto its top `dim`
+      principal components over the calibration images, then layer-normalised.
+    Both are centred because REPA compares them by cosine, and post-ReLU features share one large
+    positive direction that would otherwise dominate every cosine. The principal-component
+    projection, rather than a learned linear layer, brings the pooled vector down to `dim` while
+    keeping what varies most between images: a layer trained through the contrastive head keeps only
+    the augmentation-invariant part, and lost ~3 points of linear-probe accuracy in our runs.
+    `calibrate` sets these statistics (and the BatchNorm ones) from clean, unlabelled images;
+    until then the projection keeps the first `dim` pooled coordinates and nothing is centred.
     """
 
     kind = "ssl_encoder"
 
     def __init__(self, image_channels: int = 1, dim: int = 128, width: int = 32, hidden: int = 64,
-                 blocks: int = 2, cls_grid: int = 2) -> None:
+                 blocks: int = 1, cls_grid: int = 2) -> None:
         super().__init__()
+        pooled = hidden * cls_grid ** 2
+        if pooled < dim:
+            raise ValueError(f"hidden * cls_grid**2 = {pooled} must be at least dim = {dim}")
         self.image_channels = image_channels
         self.dim = dim
         self.width = width
@@ -84,8 +100,13 @@ class SSLEncoder(Teacher):
             *[_ResBlock(hidden) for _ in range(blocks)],
         )
         self.to_patches = nn.Conv2d(hidden, dim, 1)
-        pooled = hidden * cls_grid ** 2
-        self.to_cls = nn.Identity() if pooled == dim else nn.Linear(pooled, dim)
+        self.register_buffer("pooled_mean", torch.zeros(pooled))
+        self.register_buffer("cls_basis", torch.eye(pooled)[:, :dim].clone())
+        self.register_buffer("patch_mean", torch.zeros(dim))
+
+    @property
+    def pooled_dim(self) -> int:
+        return self.hidden * self.cls_grid ** 2
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 values [0, 255] -> float32 [-1, 1]."""
@@ -94,14 +115,52 @@ class SSLEncoder(Teacher):
         return images.float().div(127.5).sub(1.0)
 
     def raw_features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled [B, dim], patch map [B, dim, h, w]) before normalisation; training uses these."""
+        """(pooled [B, hidden * cls_grid**2], patch map [B, dim, h, w]) before centring, projection
+        and normalisation: what training's heads see."""
         trunk = self.trunk(inputs)
-        pooled = F.adaptive_avg_pool2d(trunk, self.cls_grid).flatten(1)
-        return self.to_cls(pooled), self.to_patches(trunk)
+        return F.adaptive_avg_pool2d(trunk, self.cls_grid).flatten(1), self.to_patches(trunk)
 
     def features(self, inputs: torch.Tensor) -> TeacherFeatures:
         pooled, patches = self.raw_features(inputs)
-        return TeacherFeatures(cls=F.layer_norm(pooled, (self.dim,)), patches=_channel_norm(patches))
+        cls = (pooled - self.pooled_mean) @ self.cls_basis
+        patches = patches - self.patch_mean[:, None, None]
+        return TeacherFeatures(cls=F.layer_norm(cls, (self.dim,)), patches=_channel_norm(patches))
+
+    @torch.no_grad()
+    def calibrate(self, images: np.ndarray | torch.Tensor, batch_size: int = 500) -> "SSLEncoder":
+        """Sets, from clean uint8 images (no labels): the BatchNorm statistics (averaged over all of
+        them, replacing the running averages over augmented training views), the pooled vector's
+        mean and principal components, and the patch features' mean. Returns self in eval mode."""
+        images = torch.as_tensor(np.asarray(images))
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the calibration batches
+        self.train()
+        for start in range(0, len(images), batch_size):
+            self.trunk(self.preprocess(images[start:start + batch_size]))
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        self.eval()
+        pooled, patch_sums = [], torch.zeros(self.dim, dtype=torch.float64)
+        count = 0
+        for start in range(0, len(images), batch_size):
+            p, patches = self.raw_features(self.preprocess(images[start:start + batch_size]))
+            pooled.append(p.double())
+            patch_sums += patches.double().sum(dim=(0, 2, 3))
+            count += patches.shape[0] * patches.shape[2] * patches.shape[3]
+        pooled = torch.cat(pooled)
+        mean = pooled.mean(0)
+        covariance = (pooled - mean).T @ (pooled - mean) / max(1, len(pooled) - 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+        basis = eigenvectors.flip(1)[:, :self.dim]
+        # eigh's signs are arbitrary; fix each component's sign so its largest entry is positive
+        basis = basis * torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
+        self.pooled_mean.copy_(mean.float())
+        self.cls_basis.copy_(basis.float())
+        self.patch_mean.copy_((patch_sums / max(1, count)).float())
+        return self
 
     def config(self) -> dict:
         return {"image_channels": self.image_channels, "dim": self.dim, "width": self.width,
@@ -137,16 +196,20 @@ def _random_crops(batch: int, min_area: float, generator: torch.Generator) -> to
     return torch.stack([scale_x * flip, scale_y, shift_x, shift_y], dim=1)
 
 
+def _resample(x: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+    """The crop of each image of x [B, C, H, W] at the same size (bilinear; zeros outside)."""
+    theta = torch.zeros(x.shape[0], 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = crops[:, 0], crops[:, 1]
+    theta[:, 0, 2], theta[:, 1, 2] = crops[:, 2], crops[:, 3]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def _augment(images: torch.Tensor, crops: torch.Tensor, jitter: float, generator: torch.Generator) -> torch.Tensor:
     """uint8-valued [B, C, H, W] -> an augmented view in [-1, 1]: resized crop (crops), then
     brightness and contrast jitter and Gaussian noise."""
     batch = images.shape[0]
-    x = images.float() / 255.0
-    theta = torch.zeros(batch, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = crops[:, 0], crops[:, 1]
-    theta[:, 0, 2], theta[:, 1, 2] = crops[:, 2], crops[:, 3]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = _resample(images.float() / 255.0, crops)
     brightness = 1 + jitter * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
     contrast = 1 + jitter * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -198,27 +261,36 @@ def _mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
 def train_ssl_encoder(
     images: np.ndarray,
     *,
-    steps: int = 600,
+    steps: int = 500,
     batch_size: int = 256,
-    lr: float = 2e-3,
-    temperature: float = 0.2,
+    lr: float = 4e-3,
+    temperature: float = 0.1,
     dense_weight: float = 0.5,
     dense_points: int = 4,
     min_crop_area: float = 0.35,
-    jitter: float = 0.4,
+    jitter: float = 0.7,
+    calibration_images: int = 10_000,
     seed: int = 0,
     progress: bool = True,
     dim: int = 128,
     width: int = 32,
     hidden: int = 64,
-    blocks: int = 2,
+    blocks: int = 1,
     cls_grid: int = 2,
 ) -> tuple[SSLEncoder, dict]:
-    """Trains an SSLEncoder on uint8 images [N, C, H, W] without labels; returns it frozen in eval
-    mode and training statistics (steps, seconds, final smoothed losses).
+    """Trains an SSLEncoder on uint8 images [N, C, H, W] without labels; returns it calibrated
+    (`SSLEncoder.calibrate` on up to `calibration_images` clean training images), frozen and in eval
+    mode, and training statistics (steps, seconds, final smoothed losses, a ten-point loss curve).
 
+    The defaults take about 2.5 minutes on one CPU thread for Fashion-MNIST (500 steps of 256 image
+    pairs, ~2 epochs) and were chosen by linear-probe accuracy there, at a fixed time budget:
+    temperature 0.1 beat 0.2 and 0.5, strong brightness/contrast jitter (factors in [0.3, 1.7])
+    beat mild jitter, and one residual block with more steps beat two (or none), each by 0.5-1
+    point. The dense term did not change the [cls] probe; it is there for the patch map, which it
+    makes locally discriminative and which REPA uses too.
     The projection heads (an MLP on the pooled vector, a per-location MLP on the patch features)
     exist only here: as in SimCLR, the representation before the head is the one that transfers.
+    steps=0 gives the calibrated random initialisation, the baseline a probe should beat.
     The global RNG is left untouched; everything random comes from `seed`.
     """
     data = torch.from_numpy(np.ascontiguousarray(images))
@@ -226,8 +298,8 @@ def train_ssl_encoder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SSLEncoder(image_channels=data.shape[1], dim=dim, width=width, hidden=hidden, blocks=blocks,
-                             cls_grid=cls_grid)
-        head = _mlp(dim, 2 * dim, dim)
+                           cls_grid=cls_grid)
+        head = _mlp(model.pooled_dim, 2 * dim, dim)
         dense_head = _mlp(dim, 2 * dim, dim)
     model.train()
     parameters = [*model.parameters(), *head.parameters(), *dense_head.parameters()]
@@ -252,8 +324,7 @@ def train_ssl_encoder(
         crops_b = _random_crops(len(batch), min_crop_area, generator)
         views = torch.cat([_augment(batch, crops_a, jitter, generator), _augment(batch, crops_b, jitter, generator)])
         pooled, patches = model.raw_features(views)
-        pooled_a, pooled_b = head(pooled).chunk(2)
-        global_loss = _nt_xent(pooled_a, pooled_b, temperature)
+        global_loss = _nt_xent(*head(pooled).chunk(2), temperature)
         loss = global_loss
         dense_loss = torch.zeros(())
         if dense_weight > 0:
@@ -275,10 +346,15 @@ def train_ssl_encoder(
         if step % 20 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{smoothed['loss']:.3f}")
     bar.close()
-    model.eval().requires_grad_(False)
+    calibration = torch.randperm(len(data), generator=generator)[:calibration_images].sort().values
+    model.calibrate(data[calibration])
+    model.requires_grad_(False)
     stats = {"steps": steps, "batch_size": batch_size, "lr": lr, "temperature": temperature,
-             "dense_weight": dense_weight, "seed": seed, "seconds": round(time.time() - started, 1),
-             **{f"final_{k}": v for k, v in smoothed.items()}, "loss_history": history}
+             "dense_weight": dense_weight, "jitter": jitter, "seed": seed,
+             "seconds": round(time.time() - started, 1),
+             **{f"final_{k}": v for k, v in smoothed.items()},
+             # the mean loss over each tenth of training: the learning curve, compact enough to store
+             "loss_curve": [float(np.mean(part)) for part in np.array_split(history, min(10, steps))] if steps else []}
     return model, stats
 
 
@@ -289,9 +365,11 @@ def train_ssl_encoder(
 @torch.no_grad()
 def encode_for_probe(encoder: Teacher, images: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
     """The frozen features a probe sees: the [cls] vector (what the name says; no patch pooling)."""
+    was_training = encoder.training
     encoder.eval()
     chunks = [encoder(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))).cls
               for i in range(0, len(images), batch_size)]
+    encoder.train(was_training)
     return torch.cat(chunks).float()
 
 
