@@ -1,3 +1,4 @@
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,17 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data_with_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_data_with_teacher(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Any attempt to resolve or connect fails and is recorded (for tests that must work offline)."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts

@@ -6,7 +6,6 @@ the features are checked against an independent re-implementation of DINOv2's fo
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -129,18 +128,7 @@ def repa_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
     return F.interpolate(x, size, mode="bicubic")
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch) -> list:
-    """Every test here must work offline: any attempt to resolve or connect fails and is recorded."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return attempts
+pytestmark = pytest.mark.usefixtures("no_network")  # every test here must work offline
 
 
 @pytest.fixture(scope="module")

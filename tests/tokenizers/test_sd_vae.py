@@ -4,7 +4,6 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -51,18 +50,7 @@ def diffusers_dir(vae, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch) -> list:
-    """Every test here must work offline: any attempt to resolve or connect fails and is recorded."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return attempts
+pytestmark = pytest.mark.usefixtures("no_network")  # every test here must work offline
 
 
 def to_ldm_keys(state: dict[str, torch.Tensor], up_blocks: int = 4) -> dict[str, torch.Tensor]:
