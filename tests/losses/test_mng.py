@@ -162,3 +162,38 @@ def test_one_level_works(form):
 def test_shape_mismatch_raises(x_shape, eps_shape):
     with pytest.raises(ValueError):
         MNG()(torch.zeros(x_shape), torch.zeros(eps_shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# MSG negative control
+# ---------------------------------------------------------------------------------------------
+
+def test_msg_form_shows_each_level_at_its_own_scale_without_noise():
+    torch.manual_seed(0)
+    levels = torch.randn(4, 2, 3, 8, 8)
+    out = MNG(form="msg")(levels, torch.randn_like(levels))
+    for k, size in enumerate([1, 2, 4, 8]):  # exit 1 at the coarsest scale
+        block = 8 // size
+        for i in range(size):
+            for j in range(size):
+                patch = levels[k, :, :, i * block:(i + 1) * block, j * block:(j + 1) * block]
+                expected = patch.mean(dim=(-2, -1), keepdim=True).expand_as(patch)
+                torch.testing.assert_close(out[k, :, :, i * block:(i + 1) * block, j * block:(j + 1) * block],
+                                           expected)
+    torch.testing.assert_close(out[-1], levels[-1])
+
+
+def test_msg_form_makes_a_consistent_pyramid_of_one_real_image():
+    """Why MSG is a shortcut: the real pyramid is exactly consistent across scales."""
+    real = torch.randn(1, 2, 3, 8, 8).expand(4, 2, 3, 8, 8)
+    out = MNG(form="msg")(real, torch.zeros(4, 2, 3, 8, 8))
+    for k in range(3):
+        torch.testing.assert_close(torch.nn.functional.avg_pool2d(out[k + 1], 2 ** (3 - k)),
+                                   torch.nn.functional.avg_pool2d(out[k], 2 ** (3 - k)))
+
+
+def test_msg_form_needs_divisible_latents_and_has_no_noise_coefficients():
+    with pytest.raises(ValueError, match="divisible"):
+        MNG(form="msg")(torch.zeros(4, 1, 1, 6, 6), torch.zeros(4, 1, 1, 6, 6))
+    with pytest.raises(ValueError, match="no noise"):
+        MNG(form="msg").noise_coefficients()

@@ -12,7 +12,8 @@ def test_defaults_are_the_papers_recipe():
     assert c.loss.augment.flip_prob == 0.4 and c.model.z_dim == 64
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("preset", sorted(p.relative_to(PRESET_DIR).with_suffix("").as_posix()
+                                           for p in PRESET_DIR.rglob("*.yaml")))
 def test_every_shipped_preset_loads(preset):
     config = load_config(preset)
     assert config.run.name
@@ -48,3 +49,27 @@ def test_saved_config_round_trips(tmp_path):
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(FileNotFoundError, match="fmnist"):
         resolve_preset("imagenet9000")
+
+
+def test_an_ablation_preset_inherits_its_base_and_changes_only_what_it_states():
+    base, arm = load_config("ablations/baseline"), load_config("ablations/mng-off")
+    assert arm.loss.mng.num_levels == 1 and base.loss.mng.num_levels == 4
+    assert arm.run.name == "ablation-mng-off"
+    arm.loss.mng.num_levels, arm.run.name = base.loss.mng.num_levels, base.run.name
+    assert arm == base
+    fmnist = load_config("fmnist")
+    assert base.train.kimg == fmnist.train.kimg and base.model == fmnist.model
+
+
+def test_base_chains_merge_nested_sections_and_overrides_win(tmp_path):
+    (tmp_path / "a.yaml").write_text("run: {name: a}\noptim: {base_lr: 1.0e-3, ema_decay: 0.9}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\noptim: {{ema_decay: 0.5}}\n")
+    config = load_config(tmp_path / "b.yaml", ["optim.base_lr=2e-3"])
+    assert (config.run.name, config.optim.ema_decay, config.optim.base_lr) == ("a", 0.5, 2e-3)
+
+
+def test_a_base_cycle_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ValueError, match="inherits itself"):
+        load_config(tmp_path / "a.yaml")

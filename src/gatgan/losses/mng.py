@@ -7,6 +7,10 @@ Three forms:
   K copies of one real latent form one consistent forward-noising trajectory.
 - "independent": the same interpolation with independent noise per level.
 - "vp": the paper's variance-preserving alpha_k x + sqrt(1 - alpha_k^2) eps, with alpha_K = 1.
+- "msg": the paper's negative control (REFERENCE §4b), MSG-GAN-style multi-scale supervision
+  without noise: level k is average-pooled by 2^(K-k) and scaled back up (nearest), so exit 1 is
+  judged at the coarsest scale and the last exit at full resolution. D sees a pyramid of one real
+  image, which it can check for cross-scale consistency: the shortcut MNG's noise removes.
 
 Schedules give t_k for exits 1..K (most noisy first). The exponential schedule doubles the signal
 coefficient per level: t_k = 1 - min_signal^(1 - k/(K-1)) + floor, i.e. [0.885, 0.76, 0.51, 0.01]
@@ -18,8 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-MNG_FORMS = ("cumulative", "independent", "vp")
+MNG_FORMS = ("cumulative", "independent", "vp", "msg")
 MNG_SCHEDULES = ("exponential", "linear")
 
 
@@ -63,6 +68,8 @@ class MNG:
         Written as a matrix so that the cumulative recursion, the independent and the VP form are
         one code path and the covariance of the noise is explicit (mixing @ mixing.T)."""
         K, t = self.num_levels, self.t
+        if self.form == "msg":
+            raise ValueError("the msg form resizes instead of adding noise; it has no noise coefficients")
         if self.form == "vp":
             alpha = 1.0 - t + self.floor  # alpha_K = 1: the paper keeps the last level clean
             return alpha, torch.diag((1.0 - alpha.square()).clamp_min(0).sqrt())
@@ -82,6 +89,21 @@ class MNG:
         if levels.shape[0] != self.num_levels or eps.shape != levels.shape:
             raise ValueError(f"expected levels and eps of shape [{self.num_levels}, B, C, H, W], "
                              f"got {tuple(levels.shape)} and {tuple(eps.shape)}")
+        if self.form == "msg":
+            return multi_scale(levels)
         signal, mixing = (c.to(levels.dtype).to(levels.device) for c in self.noise_coefficients())
         noise = torch.einsum("kj,j...->k...", mixing, eps)
         return signal.view(-1, 1, 1, 1, 1) * levels + noise
+
+
+def multi_scale(levels: torch.Tensor) -> torch.Tensor:
+    """[K, B, C, H, W] -> level k seen at resolution H / 2^(K-k), at the original tensor size."""
+    K, B, C, H, W = levels.shape
+    factor = 2 ** (K - 1)
+    if H % factor or W % factor:
+        raise ValueError(f"the msg form needs latents divisible by 2^(K-1) = {factor}, got {H}x{W}")
+    out = []
+    for k in range(K):
+        scale = 2 ** (K - 1 - k)
+        out.append(F.interpolate(F.avg_pool2d(levels[k], scale), scale_factor=scale, mode="nearest"))
+    return torch.stack(out)

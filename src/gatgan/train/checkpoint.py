@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
+BEST = "best"  # checkpoints/best/: the networks at the best in-training metric, with best.json
 
 
 def _fsync_dir(path: Path) -> None:
@@ -35,16 +36,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def save_checkpoint(run_dir: Path, step: int, networks: dict[str, dict[str, torch.Tensor]],
-                    state: dict[str, Any], extra_files: dict[str, str] | None = None, keep: int = 0) -> Path:
-    root = Path(run_dir) / CHECKPOINT_DIR
-    final = root / f"{step:08d}"
-    staging = root / f".{step:08d}.tmp"
+def write_checkpoint_dir(final: Path, networks: dict[str, dict[str, torch.Tensor]],
+                         state: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None) -> Path:
+    """Writes one checkpoint folder atomically: into a hidden staging folder, synced, renamed."""
+    staging = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name, tensors in networks.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / f"{name}.safetensors")
-    torch.save(state, staging / "state.pt")
+    if state is not None:
+        torch.save(state, staging / "state.pt")
     for name, text in (extra_files or {}).items():
         (staging / name).write_text(text)
     for file in staging.iterdir():
@@ -52,7 +53,14 @@ def save_checkpoint(run_dir: Path, step: int, networks: dict[str, dict[str, torc
             os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    _fsync_dir(root)
+    _fsync_dir(final.parent)
+    return final
+
+
+def save_checkpoint(run_dir: Path, step: int, networks: dict[str, dict[str, torch.Tensor]],
+                    state: dict[str, Any], extra_files: dict[str, str] | None = None, keep: int = 0) -> Path:
+    root = Path(run_dir) / CHECKPOINT_DIR
+    final = write_checkpoint_dir(root / f"{step:08d}", networks, state, extra_files)
     atomic_write_text(root / LATEST, final.name + "\n")
     if keep > 0:
         for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())[:-keep]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..eval.suite import METRIC_KINDS
 from ..losses.augment import DiffAugment
 from ..losses.mng import MNG
 from ..losses.objective import PenaltySettings
@@ -84,6 +85,23 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0  # steps between in-training evaluations, at logging steps; 0 = never
+    metric: str = "auto"  # auto (domain on the embedded data, inception otherwise), domain or inception
+    samples: int = 5000  # FID-5K, as the authors' in-training metric (REFERENCE §5)
+    truncation: float = 1.0  # none (the authors' in-training psi = 0 in their convention)
+    inception: str = ""  # the FID Inception weights file (weights-inception-2015-12-05-6726825d.pth)
+    reference: str = ""  # an ADM reference batch .npz or a prepared data directory; "" = data.path
+    batch_size: int = 250
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRIC_KINDS:
+            raise ValueError(f"eval.metric must be one of {METRIC_KINDS}, got {self.metric!r}")
+        if self.every < 0 or self.samples < 2:
+            raise ValueError("eval.every must be >= 0 and eval.samples >= 2")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -91,6 +109,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -136,14 +155,15 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
 
 
 def resolve_preset(name_or_path: str) -> Path:
-    """A YAML path, or the name of a preset shipped with gatgan (e.g. `fmnist`)."""
+    """A YAML path, or the name of a preset shipped with gatgan (e.g. `fmnist`, `ablations/mng-off`)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     if preset.is_file():
         return preset
-    available = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    available = ", ".join(sorted(p.relative_to(PRESET_DIR).with_suffix("").as_posix()
+                                 for p in PRESET_DIR.rglob("*.yaml")))
     raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor a preset ({available})")
 
 
@@ -163,8 +183,29 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def read_preset(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset's values. `base: <preset>` at the top of a YAML file inherits another preset, so
+    an ablation states only what it changes."""
+    path = resolve_preset(name_or_path).resolve()
+    if path in _seen:
+        raise ValueError(f"config {path} inherits itself (base chain: {' -> '.join(map(str, _seen))})")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config {path} must be a mapping")
+    base = values.pop("base", None)
+    return _merge(read_preset(str(base), (*_seen, path)), values) if base else values
+
+
 def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    values = (yaml.safe_load(resolve_preset(str(preset)).read_text()) or {}) if preset else {}
+    values = read_preset(str(preset)) if preset else {}
     return config_from_dict(Config, apply_overrides(values, overrides or []), "")
 
 

@@ -39,6 +39,7 @@ from .checkpoint import latest_checkpoint, load_network, load_state, save_checkp
 from .config import Config, read_config, save_config
 from .distributed import DistributedEnv, init_distributed, mean_across_processes
 from .ema import EMA
+from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
 from .optim import build_optimizer, width_aware_lr
 
@@ -47,7 +48,8 @@ from .optim import build_optimizer, width_aware_lr
 # data.path may change (data moved) because the data card of the run is checked instead.
 RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.align_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.batch_per_device",
-                     "train.device", "data.path", "data.workers"}
+                     "train.device", "data.path", "data.workers", "eval.every", "eval.metric", "eval.samples",
+                     "eval.truncation", "eval.inception", "eval.reference", "eval.batch_size"}
 GRID_COLUMNS = 10
 GRID_MAX_ROWS = 16
 
@@ -108,8 +110,10 @@ class Trainer:
         self.noise_rng = torch.Generator(self.device).manual_seed(stream)  # z, augmentation, MNG, penalty
         self._batches, self._batches_step = None, -1
         self._monitor: AlignmentMonitor | None = None
+        self._evaluation: InTrainingEvaluation | None = None
         self.step = 0
         self._resume()
+        self.start_step = self.step
         # Buffers are not broadcast: the only mutable one (w_avg) is all-reduced by the generator.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
@@ -275,12 +279,24 @@ class Trainer:
                                              self.G.z_dim, self.device)
         return self._monitor(self.ema.model, self.D)
 
-    def save_samples(self) -> Path:
-        rows = list(range(0, self.data.num_classes, max(1, self.data.num_classes // GRID_MAX_ROWS)))[:GRID_MAX_ROWS]
-        if not hasattr(self, "_sampler"):  # the EMA network is shared, so the sampler follows training
+    @property
+    def sampler(self) -> Sampler:
+        """Samples the EMA generator; the network is shared, so the sampler follows training."""
+        if not hasattr(self, "_sampler"):
             tokenizer = load_tokenizer(self.run_dir / RUN_TOKENIZER).to(self.device).eval()
             self._sampler = Sampler(self.ema.model, tokenizer, self.data.scaling, self.data.class_names, self.device)
-        images = self._sampler.images(seeds=[s for _ in rows for s in range(GRID_COLUMNS)],
+        return self._sampler
+
+    def evaluate(self) -> dict[str, float]:
+        """The in-training metric (see `InTrainingEvaluation`), on the main process."""
+        if self._evaluation is None:
+            self._evaluation = InTrainingEvaluation(self.config.eval, self.sampler, self.data.path, self.run_dir,
+                                                    self.start_step)
+        return self._evaluation(self.step)
+
+    def save_samples(self) -> Path:
+        rows = list(range(0, self.data.num_classes, max(1, self.data.num_classes // GRID_MAX_ROWS)))[:GRID_MAX_ROWS]
+        images = self.sampler.images(seeds=[s for _ in rows for s in range(GRID_COLUMNS)],
                                       labels=[c for c in rows for _ in range(GRID_COLUMNS)])
         path = self.run_dir / "samples" / f"{self.step:08d}.png"
         save_grid(images, GRID_COLUMNS, path)
@@ -328,6 +344,8 @@ class Trainer:
                 if self.env.is_main and self.teacher is not None and cfg.align_every and (
                         self.step % cfg.align_every == 0 or finished):
                     record |= self.alignment()
+                if self.env.is_main and self.config.eval.every and (self.step % self.config.eval.every == 0 or finished):
+                    record |= self.evaluate()
                 if self.env.is_main:
                     with open(self.stats_file, "a") as f:
                         f.write(json.dumps(record) + "\n")
