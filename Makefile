@@ -34,6 +34,7 @@ demo: install fmnist
 	$(BIN)/gatgan prepare
 	$(BIN)/gatgan train -c fmnist $(TRAIN_ARGS)
 	$(BIN)/gatgan sample --run runs/fmnist --num $(SAMPLES) --out runs/fmnist/samples.npz --grid runs/fmnist/grid.png
+	$(BIN)/gatgan eval --run runs/fmnist --num $(SAMPLES) --out runs/fmnist/eval.json
 
 test: install fmnist
 	$(BIN)/python -m pytest -q

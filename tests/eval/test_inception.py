@@ -4,8 +4,6 @@ like the real file (which cannot be downloaded here)."""
 from __future__ import annotations
 
 import hashlib
-import io
-import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 
 from gatgan.eval.inception import INCEPTION_FILE, INCEPTION_ID, INCEPTION_URL, InceptionFeatures
+from inception_assets import architecture_state, random_weights
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -37,45 +36,14 @@ def _no_download(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tf_inception, "load_state_dict_from_url", refuse)
 
 
-def _architecture_state() -> OrderedDict[str, torch.Tensor]:
-    """torch-fidelity's own state dict (with version metadata), built without any weights file."""
-    empty = io.BytesIO()
-    torch.save({}, empty)
-    empty.seek(0)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
-        network = tf_inception.FeatureExtractorInceptionV3("layout", ["2048"], feature_extractor_weights_path=empty)
-    return network.state_dict()
-
-
-def _random_weights(layout: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random values in the real file's layout, scaled (He init, BatchNorm near identity) so that
-    activations neither vanish nor explode through the 94 convolutions."""
-    gen = torch.Generator().manual_seed(seed)
-    weights = {}
-    for key, like in layout.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        noise = torch.randn(like.shape, generator=gen)
-        if key.endswith("conv.weight"):
-            weights[key] = noise * math.sqrt(2.0 / like[0].numel())
-        elif key.endswith(("bn.weight", "bn.running_var")):
-            weights[key] = 1.0 + 0.1 * noise.abs()
-        elif key == "fc.weight":
-            weights[key] = noise / math.sqrt(like.shape[1])
-        else:  # BatchNorm biases and means, fc bias
-            weights[key] = 0.1 * noise
-    return weights
-
-
 @pytest.fixture(scope="module")
 def architecture() -> OrderedDict[str, torch.Tensor]:
-    return _architecture_state()
+    return architecture_state()
 
 
 @pytest.fixture(scope="module")
 def weights(architecture) -> dict[str, torch.Tensor]:
-    return _random_weights(architecture)
+    return random_weights(architecture)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """The FID Inception-v3 (TF graph ``inception-2015-12-05``) as a feature extractor, from a local file.
 
 FID, KID, precision/recall and IS are only comparable with published numbers when computed with
-this exact network and its TF1 resizing; torch-fidelity's port reproduces both, and its weights
-file is byte-for-byte the one pytorch-fid uses (same sha256 prefix, 6726825d), converted from the
-graph the StyleGAN and ADM evaluators load. Nothing is ever downloaded here: evaluation runs on
+this exact network and its TF1 resizing; torch-fidelity's port reproduces both from weights
+converted from the graph the StyleGAN and ADM evaluators load (its file carries the same hash
+suffix, 6726825d, as pytorch-fid's pt_inception file; we have not compared the two here). Nothing is ever downloaded here: evaluation runs on
 machines without internet access, and a silent download would hide which file was used.
 """
 

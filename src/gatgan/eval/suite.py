@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..data.fashion_mnist import load_fashion_mnist
 from ..data.latents import LatentDataset
+from .inception import INCEPTION_ID, InceptionFeatures
 from .metrics import FeatureStatistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall
 
 METRIC_KINDS = ("auto", "domain", "inception")
@@ -104,7 +105,7 @@ def nhwc_to_nchw(images: np.ndarray) -> np.ndarray:
 class InceptionMetric:
     name, primary = "inception", "fid"
 
-    def __init__(self, network, reference: ReferenceSet, batch_size: int = 200):
+    def __init__(self, network: InceptionFeatures, reference: ReferenceSet, batch_size: int = 200):
         self.network, self.reference, self.batch_size = network, reference, batch_size
         self.floor: dict[str, float] = {}
 
@@ -113,11 +114,11 @@ class InceptionMetric:
         pool, logits = self.network.extract(images, batch_size=self.batch_size, progress=progress)
         scores = _nearest_statistics(self.reference, pool)
         scores["fid"] = scores.pop("fd")
-        scores["is"], scores["is_std"] = inception_score(logits)
+        scores["is"], scores["is_std"] = inception_score(logits, splits=min(10, len(logits)))
         return scores
 
 
-def inception_reference(source: str | Path, network, count: int = 50_000, seed: int = 0,
+def inception_reference(source: str | Path, network: InceptionFeatures, count: int = 50_000, seed: int = 0,
                         progress: bool = True) -> ReferenceSet:
     """An ADM reference batch (.npz with mu, sigma and optionally arr_0 images), or a prepared data
     directory whose stored images are embedded once (a seeded subset of `count`, 0 = all) and
@@ -134,7 +135,7 @@ def inception_reference(source: str | Path, network, count: int = 50_000, seed: 
     if not data.has_images:
         raise ValueError(f"{source} was prepared with --no-images, so it has no images to compute Inception "
                          "statistics from; pass an ADM reference batch (.npz with mu, sigma) instead")
-    cache = source / EVAL_DIR / f"{network.identity}-{count or 'all'}-seed{seed}.npz"
+    cache = source / EVAL_DIR / f"{INCEPTION_ID}-{count or 'all'}-seed{seed}.npz"
     if cache.is_file():
         return ReferenceSet.load(cache)
     indices = np.arange(len(data)) if not count or count >= len(data) else \
@@ -197,7 +198,7 @@ def held_out_split(data: LatentDataset, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 def domain_metric(data_path: str | Path, device: torch.device | str = "cpu", progress: bool = True,
-                  seed: int = 0) -> DomainMetric:
+                  seed: int = 0, classifier_steps: int | None = None) -> DomainMetric:
     """The embedded metric of a prepared data set. The first call trains the classifier on the
     training split and embeds the reference and held-out images; the result is cached in
     <data>/eval/domain/ (delete it to retrain)."""
@@ -208,7 +209,9 @@ def domain_metric(data_path: str | Path, device: torch.device | str = "cpu", pro
     if not (directory / "floor.json").is_file():
         train_images, train_labels, test_images, test_labels = held_out_split(data, seed)
         print(f"training the evaluation classifier on {len(train_images)} real images (once; cached in {directory})")
-        classifier, report = train_domain_classifier(train_images, train_labels, seed=seed, progress=progress)
+        steps = {} if classifier_steps is None else {"steps": classifier_steps}
+        classifier, report = train_domain_classifier(train_images, train_labels, seed=seed, progress=progress,
+                                                     num_classes=data.num_classes, **steps)
         classifier = classifier.to(device)
         reference = ReferenceSet.from_features(classify(classifier, train_images, device, progress=progress)[0], seed)
         metric = DomainMetric(classifier, reference, {}, device)
@@ -247,8 +250,6 @@ def build_metric(kind: str, data_path: str | Path, *, inception: str | Path | No
     kind = resolve_metric_kind(kind, data_path)
     if kind == "domain":
         return domain_metric(data_path, device, progress)
-    from .inception import InceptionFeatures
-
     network = InceptionFeatures.load(inception, device)
     return InceptionMetric(network, inception_reference(reference or data_path, network, progress=progress))
 
