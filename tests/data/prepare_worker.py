@@ -2,7 +2,6 @@
 folder of PNGs through a seeded random small VAE, so the test can compare 1- and 2-process output."""
 
 import sys
-from pathlib import Path
 
 import torch
 

@@ -13,6 +13,7 @@ numerical fall-backs follow theirs, and the docstrings say where a choice matter
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,7 +140,9 @@ def frechet_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
     """
     if a.mu.shape != b.mu.shape:
         raise ValueError(f"statistics have different dimensions: {a.mu.shape[0]} and {b.mu.shape[0]}")
-    covmean = scipy.linalg.sqrtm(a.sigma @ b.sigma)
+    with warnings.catch_warnings():  # singular is common (dead ReLU units, n < d); finiteness is checked below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(a.sigma @ b.sigma)
     if not np.isfinite(covmean).all():
         ridge = _FID_EPS * np.eye(a.mu.shape[0])
         covmean = scipy.linalg.sqrtm((a.sigma + ridge) @ (b.sigma + ridge))
