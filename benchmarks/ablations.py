@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ def train_arms(arms: list[str], runs_dir: Path, jobs: int, extra: list[str]) -> 
     """Runs `gatgan train` per arm, `jobs` at a time, each pinned to one thread (measured: the
     small models run no faster on two, and two jobs on two threads each thrash)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / "commit").write_text(_commit() + "\n")  # the code the arms were trained with, for the report
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending, running = list(arms), {}
     while pending or running:
@@ -64,6 +66,16 @@ def train_arms(arms: list[str], runs_dir: Path, jobs: int, extra: list[str]) -> 
 
 def run_dir(runs_dir: Path, arm: str) -> Path:
     return runs_dir / f"ablation-{arm}"
+
+
+def finished(run: Path) -> bool:
+    """Trained to its full budget: the last checkpoint is at the config's final step."""
+    from gatgan.train.config import read_config
+
+    if not (run / "checkpoints").is_dir() or not checkpoints(run):
+        return False
+    train = read_config(run / "config.yaml").train
+    return int(checkpoints(run)[-1].name) == -(-int(train.kimg * 1000) // train.global_batch)
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -109,7 +121,9 @@ def report(runs_dir: Path, out: Path, samples: int, curve_samples: int, contribu
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
-    arms = [a for a in ARMS + OPTIONAL_ARMS if (run_dir(runs_dir, a) / "checkpoints").is_dir()]
+    arms = [a for a in ARMS + OPTIONAL_ARMS if finished(run_dir(runs_dir, a))]
+    if "baseline" not in arms:
+        raise SystemExit(f"the baseline arm has not finished training in {runs_dir}; run `ablations.py train` first")
     config = read_config(run_dir(runs_dir, arms[0]) / "config.yaml")
     metric = domain_metric(config.data.path)
     results = {}
@@ -132,8 +146,13 @@ def report(runs_dir: Path, out: Path, samples: int, curve_samples: int, contribu
     plot_curves(out / "truncation.png", {"FD": [c["fd"] for c in results["truncation"]]}, list(truncations),
                 "truncation (1 = none)", "domain FD", "baseline: FD vs truncation")
     results["floor"] = metric.floor
+    (out / "configs").mkdir(exist_ok=True)
+    for arm in arms:
+        shutil.copyfile(run_dir(runs_dir, arm) / "config.yaml", out / "configs" / f"{arm}.yaml")
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "README.md").write_text(markdown(results, arms, samples, curve_samples, contribution_samples, truncations))
+    trained_at = (runs_dir / "commit").read_text().strip() if (runs_dir / "commit").is_file() else "unknown"
+    (out / "README.md").write_text(markdown(results, arms, samples, curve_samples, contribution_samples, truncations,
+                                            trained_at))
     print(f"wrote {out / 'README.md'}")
 
 
@@ -142,14 +161,15 @@ def _commit() -> str:
 
 
 def markdown(results: dict, arms: list[str], samples: int, curve_samples: int, contribution_samples: int,
-             truncations: tuple[float, ...]) -> str:
+             truncations: tuple[float, ...], trained_at: str) -> str:
     floor = results["floor"]
     lines = [
         "# Ablations at the embedded scale (Fashion-MNIST, REFERENCE §4)",
         "",
-        f"Written by `python benchmarks/ablations.py report` on {datetime.date.today()} at commit {_commit()} "
-        "(the arms were trained with `python benchmarks/ablations.py train`; each arm's resolved config is "
-        "`runs/ablations/ablation-<arm>/config.yaml`, its preset `configs/ablations/<arm>.yaml`).",
+        f"Written by `python benchmarks/ablations.py report` on {datetime.date.today()} at commit {_commit()}; "
+        f"the arms were trained with `python benchmarks/ablations.py train` at commit {trained_at}. Each arm's "
+        "preset is `configs/ablations/<arm>.yaml` and its resolved config "
+        "`runs/ablations/ablation-<arm>/config.yaml` (copied next to this report).",
         "",
         "Every arm: the `fmnist` preset's data, seed and budget (2,250 iterations at batch 32 = 72 kimg) with one "
         "change. One seed per arm, so differences of a few percent are within noise.",

@@ -100,7 +100,7 @@ def _plot(path: Path, curves: dict[str, list[float]], x: list, xlabel: str, ylab
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for label, values in curves.items():
         axis.plot(x[:len(values)], values, marker="o", label=label)
-    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title, xticks=x)
     axis.grid(alpha=0.3)
     if len(curves) > 1:
         axis.legend(fontsize=8)
