@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..weights import read_state_dict as read_weights_file
 from .base import Teacher, TeacherFeatures
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def create_model(name: str, resolution: int | None = None, *, device: str | torc
     return model
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch pickle (weights_only: no code from the file runs), or from
     a directory in timm's Hub layout (model.safetensors or pytorch_model.bin)."""
     path = Path(path).expanduser()
@@ -155,20 +156,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if not found:
             raise FileNotFoundError(f"{path} holds neither of {HUB_DIRECTORY_FILES}: pass the weights file itself")
         path = found[0]
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"could not read weights from {path}: {error}") from error
-    for key in ("model", "state_dict"):  # wrappers of training checkpoints
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return state
+    return read_weights_file(path)
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
@@ -279,7 +267,7 @@ class TimmViTTeacher(Teacher):
             path = Path(weights).expanduser()
             if not path.exists():
                 raise FileNotFoundError(f"weights {str(weights)!r} for {name!r} do not exist. " + how_to_get(name))
-            state, source = read_state_dict(path), str(weights)
+            state, source = read_weights(path), str(weights)
         try:
             load_weights(architecture, state)
         except ValueError as error:
@@ -343,7 +331,7 @@ class TimmViTTeacher(Teacher):
                                     f"(written by TimmViTTeacher.save; originally from {config.get('source')!r})")
         model = create_model(config["model"], config["resolution"])
         try:
-            load_weights(model, read_state_dict(weights))
+            load_weights(model, read_weights(weights))
         except ValueError as error:
             raise ValueError(f"{weights} does not match timm {config['model']!r}: {error}") from error
         return cls(model, name=config["model"], mean=config.get("mean"), std=config.get("std"),

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from ..weights import read_state_dict
 
 __all__ = ["INCEPTION_FILE", "INCEPTION_ID", "INCEPTION_URL", "InceptionFeatures"]
 
@@ -47,13 +49,7 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     may lack them, they do not affect inference, and torch only tolerates their absence for
     state dicts without version metadata.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises KeyError, RuntimeError, UnpicklingError... by format
-        raise ValueError(f"{path} is not a PyTorch weights file ({type(error).__name__}: {error})") from error
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors, so it is not {INCEPTION_FILE}")
-    state = dict(state)
+    state = read_state_dict(path, f"It is not {INCEPTION_FILE}.")
     for key in [k for k in state if k.endswith(".running_mean")]:
         state.setdefault(key.removesuffix("running_mean") + "num_batches_tracked", torch.tensor(0))
     return state

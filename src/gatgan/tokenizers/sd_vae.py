@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..weights import read_state_dict
 from .base import LatentScaling, Tokenizer
 
 if TYPE_CHECKING:
@@ -92,24 +93,6 @@ def _summarise(problems: dict[str, Any]) -> str:
     return "; ".join(f"{len(keys)} {name.replace('_', ' ')} (e.g. {list(keys)[:3]})" for name, keys in problems.items())
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch pickle (weights_only: no code from the file runs)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"could not read weights from {path}: {error}. A .safetensors file avoids pickle "
-                         f"problems; {HOW_TO_GET}") from error
-    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning checkpoints
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    return state
-
-
 def _to_diffusers_keys(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     """Keeps only the VAE of a full SD checkpoint and renames LDM keys (encoder.down.0.block.0...) to
     diffusers ones (encoder.down_blocks.0.resnets.0...) with diffusers' own converter."""
@@ -136,7 +119,7 @@ def _load_single_file(path: Path, config: str | None, subfolder: str | None) -> 
                                 "Pass config= a local diffusers directory (or config.json) describing the "
                                 "architecture.") from error
     vae = AutoencoderKL.from_config(model_config)
-    state = _to_diffusers_keys(_read_weights(path), dict(vae.config))
+    state = _to_diffusers_keys(read_state_dict(path, HOW_TO_GET), dict(vae.config))
     missing, unexpected = (sorted(set(a) - set(b)) for a, b in ((vae.state_dict(), state), (state, vae.state_dict())))
     if missing or unexpected:
         raise ValueError(f"{path} does not match the AutoencoderKL architecture {architecture}: "
