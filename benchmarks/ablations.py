@@ -24,7 +24,8 @@ import numpy as np
 
 ARMS = ("baseline", "mng-linear", "mng-off", "msg", "repa-off",
         "lr-small", "lr-small-at-wide-lr", "lr-wide-at-small-lr")
-OPTIONAL_ARMS = ("repa-generator",)  # trained only when asked for with --arms
+# Trained only when asked for with --arms: REPA on G too, and second seeds of two arms.
+OPTIONAL_ARMS = ("repa-generator", "baseline-seed1", "mng-off-seed1")
 METHOD_ARMS = (*ARMS[:5], *OPTIONAL_ARMS)
 LR_ARMS = ("lr-small", "lr-small-at-wide-lr", "baseline", "lr-wide-at-small-lr")
 WHAT = {
@@ -34,6 +35,8 @@ WHAT = {
     "msg": "MSG: multi-scale resizing instead of noise",
     "repa-off": "REPA off (teacher only measured)",
     "repa-generator": "REPA on G and D",
+    "baseline-seed1": "the baseline, seed 1",
+    "mng-off-seed1": "no MNG, seed 1",
     "lr-small": "GAT-Nano at its own lr (2.4e-3)",
     "lr-small-at-wide-lr": "GAT-Nano at GAT-Micro's lr (1.2e-3)",
     "lr-wide-at-small-lr": "GAT-Micro at GAT-Nano's lr (2.4e-3)",
@@ -44,12 +47,12 @@ def train_arms(arms: list[str], runs_dir: Path, jobs: int, extra: list[str]) -> 
     """Runs `gatgan train` per arm, `jobs` at a time, each pinned to one thread (measured: the
     small models run no faster on two, and two jobs on two threads each thrash)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    (runs_dir / "commit").write_text(_commit() + "\n")  # the code the arms were trained with, for the report
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending, running = list(arms), {}
     while pending or running:
         while pending and len(running) < jobs:
             arm = pending.pop(0)
+            (runs_dir / f"{arm}.commit").write_text(_commit() + "\n")  # the code it was trained with, for the report
             log = open(runs_dir / f"{arm}.log", "a")
             command = [sys.executable, "-m", "gatgan.cli", "train", "-c", f"ablations/{arm}",
                        f"run.dir={runs_dir}", "train.threads=1", *extra]
@@ -111,15 +114,12 @@ def score_arm(run: Path, metric, samples: int, curve_samples: int, contribution_
 def report(runs_dir: Path, out: Path, samples: int, curve_samples: int, contribution_samples: int) -> None:
     """Scores every finished arm with the embedded domain metric and writes the markdown report
     with its plots and the raw numbers (results.json)."""
-    import torch
-
     from gatgan.eval.analyze import pca_images, plot_contributions, plot_curves, truncation_curve
     from gatgan.eval.suite import domain_metric
     from gatgan.images import save_grid
     from gatgan.sample import Sampler
     from gatgan.train.config import read_config
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
     arms = [a for a in ARMS + OPTIONAL_ARMS if finished(run_dir(runs_dir, a))]
     if "baseline" not in arms:
@@ -150,10 +150,15 @@ def report(runs_dir: Path, out: Path, samples: int, curve_samples: int, contribu
     for arm in arms:
         shutil.copyfile(run_dir(runs_dir, arm) / "config.yaml", out / "configs" / f"{arm}.yaml")
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    trained_at = (runs_dir / "commit").read_text().strip() if (runs_dir / "commit").is_file() else "unknown"
     (out / "README.md").write_text(markdown(results, arms, samples, curve_samples, contribution_samples, truncations,
-                                            trained_at))
+                                            trained_at(runs_dir, arms)))
     print(f"wrote {out / 'README.md'}")
+
+
+def trained_at(runs_dir: Path, arms: list[str]) -> str:
+    """The commits the arms were trained at (written by `train` beside each run)."""
+    files = [runs_dir / f"{arm}.commit" for arm in arms]
+    return ", ".join(sorted({f.read_text().strip() if f.is_file() else "unknown" for f in files}))
 
 
 def _commit() -> str:
@@ -167,7 +172,7 @@ def markdown(results: dict, arms: list[str], samples: int, curve_samples: int, c
         "# Ablations at the embedded scale (Fashion-MNIST, REFERENCE §4)",
         "",
         f"Written by `python benchmarks/ablations.py report` on {datetime.date.today()} at commit {_commit()}; "
-        f"the arms were trained with `python benchmarks/ablations.py train` at commit {trained_at}. Each arm's "
+        f"the arms were trained with `python benchmarks/ablations.py train` at commit(s) {trained_at}. Each arm's "
         "preset is `configs/ablations/<arm>.yaml` and its resolved config "
         "`runs/ablations/ablation-<arm>/config.yaml` (copied next to this report).",
         "",
