@@ -126,8 +126,15 @@ def report(runs_dir: Path, out: Path, samples: int, curve_samples: int, contribu
         raise SystemExit(f"the baseline arm has not finished training in {runs_dir}; run `ablations.py train` first")
     config = read_config(run_dir(runs_dir, arms[0]) / "config.yaml")
     metric = domain_metric(config.data.path)
-    results = {}
+    settings = {"samples": samples, "curve_samples": curve_samples, "contribution_samples": contribution_samples}
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    reuse = previous.get("settings") == settings  # an arm scored before with the same settings is not redone
+    results: dict = {"settings": settings}
     for arm in arms:
+        last_step = int(checkpoints(run_dir(runs_dir, arm))[-1].name)
+        if reuse and previous.get(arm, {}).get("final", {}).get("step") == last_step:
+            results[arm] = previous[arm]
+            continue
         print(f"scoring {arm}", flush=True)
         results[arm] = score_arm(run_dir(runs_dir, arm), metric, samples, curve_samples, contribution_samples)
     baseline = Sampler.from_run(run_dir(runs_dir, "baseline"))
@@ -171,13 +178,16 @@ def markdown(results: dict, arms: list[str], samples: int, curve_samples: int, c
     lines = [
         "# Ablations at the embedded scale (Fashion-MNIST, REFERENCE §4)",
         "",
+        "What the numbers say, against the paper's claims: [FINDINGS.md](FINDINGS.md) (written by hand).",
+        "",
         f"Written by `python benchmarks/ablations.py report` on {datetime.date.today()} at commit {_commit()}; "
         f"the arms were trained with `python benchmarks/ablations.py train` at commit(s) {trained_at}. Each arm's "
         "preset is `configs/ablations/<arm>.yaml` and its resolved config "
         "`runs/ablations/ablation-<arm>/config.yaml` (copied next to this report).",
         "",
         "Every arm: the `fmnist` preset's data, seed and budget (2,250 iterations at batch 32 = 72 kimg) with one "
-        "change. One seed per arm, so differences of a few percent are within noise.",
+        "change. One seed per arm; the `*-seed1` rows, where present, repeat an arm with another seed and show "
+        "how far an arm moves by chance alone.",
         "",
         f"Scores: the embedded domain metric (`gatgan eval`) on {samples:,} class-balanced samples of the final "
         "EMA generator, truncation 1 (none) unless noted. FD = Fréchet distance in the evaluation classifier's "
