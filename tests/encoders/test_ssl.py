@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from gatgan.auxnets import affine_resample
 from gatgan.encoders.ssl import (
     WEIGHTS_FILE,
     SSLEncoder,
     _corresponding_points,
     _nt_xent,
     _random_crops,
-    _resample,
     _sample,
     fit_linear_probe,
     linear_probe_accuracy,
@@ -188,7 +188,7 @@ def test_corresponding_points_see_the_same_image_location_in_both_views():
     coordinates = (torch.arange(size) + 0.5) / size * 2 - 1  # pixel centres, align_corners=False
     field = torch.stack(torch.meshgrid(coordinates, coordinates, indexing="xy"))[None].repeat(16, 1, 1, 1)
     crops_a, crops_b = (_random_crops(16, 0.35, generator) for _ in range(2))
-    view_a, view_b = _resample(field, crops_a), _resample(field, crops_b)
+    view_a, view_b = affine_resample(field, crops_a), affine_resample(field, crops_b)
     grid_a, grid_b, inside = _corresponding_points(crops_a, crops_b, 32, generator)
     assert inside.float().mean() > 0.3  # most crops overlap
     seen_a, seen_b = _sample(view_a, grid_a)[inside], _sample(view_b, grid_b)[inside]

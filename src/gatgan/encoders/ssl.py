@@ -30,14 +30,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from ..auxnets import affine_resample, conv_bn_relu, warmup_cosine_lr
 from .base import Teacher, TeacherFeatures
 
 WEIGHTS_FILE = "teacher.safetensors"
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
 class _ResBlock(nn.Module):
@@ -46,7 +42,7 @@ class _ResBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            *_conv_bn_relu(channels, channels),
+            *conv_bn_relu(channels, channels),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,9 +90,9 @@ class SSLEncoder(Teacher):
         self.cls_grid = cls_grid
         self.trunk = nn.Sequential(
             nn.PixelUnshuffle(2),  # [4C, H/2, W/2]
-            *_conv_bn_relu(4 * image_channels, width),
-            *_conv_bn_relu(width, width),
-            *_conv_bn_relu(width, hidden, stride=2),  # the 4-pixel patch grid
+            *conv_bn_relu(4 * image_channels, width),
+            *conv_bn_relu(width, width),
+            *conv_bn_relu(width, hidden, stride=2),  # the 4-pixel patch grid
             *[_ResBlock(hidden) for _ in range(blocks)],
         )
         self.to_patches = nn.Conv2d(hidden, dim, 1)
@@ -196,20 +192,11 @@ def _random_crops(batch: int, min_area: float, generator: torch.Generator) -> to
     return torch.stack([scale_x * flip, scale_y, shift_x, shift_y], dim=1)
 
 
-def _resample(x: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
-    """The crop of each image of x [B, C, H, W] at the same size (bilinear; zeros outside)."""
-    theta = torch.zeros(x.shape[0], 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = crops[:, 0], crops[:, 1]
-    theta[:, 0, 2], theta[:, 1, 2] = crops[:, 2], crops[:, 3]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
 def _augment(images: torch.Tensor, crops: torch.Tensor, jitter: float, generator: torch.Generator) -> torch.Tensor:
     """uint8-valued [B, C, H, W] -> an augmented view in [-1, 1]: resized crop (crops), then
     brightness and contrast jitter and Gaussian noise."""
     batch = images.shape[0]
-    x = _resample(images.float() / 255.0, crops)
+    x = affine_resample(images.float() / 255.0, crops)
     brightness = 1 + jitter * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
     contrast = 1 + jitter * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -244,14 +231,6 @@ def _corresponding_points(crops_a: torch.Tensor, crops_b: torch.Tensor, points: 
 def _sample(patches: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """[B, dim, h, w] at grid [B, P, 1, 2] -> [B, P, dim]."""
     return F.grid_sample(patches, grid, mode="bilinear", align_corners=False)[..., 0].transpose(1, 2)
-
-
-def _learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warmup then cosine decay to zero."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -318,7 +297,7 @@ def train_ssl_encoder(
         batch = data[order[cursor:cursor + batch_size]]
         cursor += batch_size
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
+            group["lr"] = warmup_cosine_lr(step, steps, lr, warmup)
 
         crops_a = _random_crops(len(batch), min_crop_area, generator)
         crops_b = _random_crops(len(batch), min_crop_area, generator)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from ..encoders.ssl import _conv_bn_relu, _learning_rate, _resample
+from ..auxnets import affine_resample, conv_bn_relu, warmup_cosine_lr
 
 __all__ = ["DomainClassifier", "train_domain_classifier", "evaluate_accuracy", "load_domain_classifier"]
 
@@ -54,7 +54,7 @@ class DomainClassifier(nn.Module):
         layers: list[nn.Module] = []
         channels = image_channels
         for width in self.widths:
-            layers += [*_conv_bn_relu(channels, width), nn.MaxPool2d(2)]
+            layers += [*conv_bn_relu(channels, width), nn.MaxPool2d(2)]
             channels = width
         self.trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(grid), nn.Flatten())
         self.to_features = nn.Sequential(nn.Linear(channels * grid ** 2, feature_dim), nn.ReLU())
@@ -81,6 +81,11 @@ class DomainClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both outputs of one pass, for scoring (features for FD, logits for consistency)."""
+        features = self.features(images)
+        return features, self.head(features)
 
     @torch.no_grad()
     def predict(self, images: np.ndarray | torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -124,7 +129,7 @@ def _augment(images: torch.Tensor, max_shift: int, flip: bool, generator: torch.
     if flip:
         mirror = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
     crops = torch.stack([mirror, torch.ones(batch), 2 * shifts[:, 0] / width, 2 * shifts[:, 1] / height], dim=1)
-    return _resample(images.float(), crops)
+    return affine_resample(images.float(), crops)
 
 
 def train_domain_classifier(
@@ -185,7 +190,7 @@ def train_domain_classifier(
         if max_shift > 0 or flip:
             batch = _augment(batch, max_shift, flip, generator)
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
+            group["lr"] = warmup_cosine_lr(step, steps, lr, warmup)
         loss = F.cross_entropy(model(batch), targets[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

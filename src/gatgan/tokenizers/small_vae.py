@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from ..auxnets import warmup_cosine_lr
 from .base import Tokenizer, to_signed_unit
 
 WEIGHTS_FILE = "tokenizer.safetensors"
@@ -124,14 +125,6 @@ def _kl_per_pixel(mean: torch.Tensor, logvar: torch.Tensor, pixels: int) -> torc
     return kl.flatten(1).sum(1).mean() / pixels
 
 
-def _learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warmup then cosine decay to zero: a short run ends at a low LR, which buys most of its PSNR."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_small_vae(
     images: np.ndarray,
     *,
@@ -175,7 +168,7 @@ def train_small_vae(
         batch = to_signed_unit(data[order[cursor:cursor + batch_size]])
         cursor += batch_size
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
+            group["lr"] = warmup_cosine_lr(step, steps, lr, warmup)
 
         mean, logvar = model.encode_stats(batch)
         noise = torch.randn(mean.shape, generator=generator)
