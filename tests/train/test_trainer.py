@@ -70,6 +70,14 @@ def test_resuming_with_different_settings_is_refused(tiny_data, tmp_path):
         Trainer(tiny_config(tiny_data, tmp_path, **{"optim.base_lr": 1e-3}), progress=False)
 
 
+def test_every_eval_setting_may_change_on_resume(tiny_data, tmp_path):
+    saved = tiny_config(tiny_data, tmp_path)
+    check_resumable(saved, tiny_config(tiny_data, tmp_path, **{"eval.every": 3, "eval.metric": "domain",
+                                                               "eval.samples": 64, "eval.inception": "/w.pth"}))
+    with pytest.raises(ValueError, match=r"eval\.\*"):  # the message lists the section as changeable
+        check_resumable(saved, tiny_config(tiny_data, tmp_path, **{"loss.mng.num_levels": 1}))
+
+
 def test_width_aware_learning_rates_are_applied_per_network(tiny_data, tmp_path):
     trainer = Trainer(tiny_config(tiny_data, tmp_path, **{"model.discriminator": "GAT-Micro/2"}), progress=False)
     assert trainer.lr_G == pytest.approx(2e-4 * 768 / 64)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..data.fashion_mnist import load_fashion_mnist
 from ..data.latents import LatentDataset
+from .classifier import DomainClassifier, load_domain_classifier, train_domain_classifier
 from .inception import INCEPTION_ID, InceptionFeatures
 from .metrics import FeatureStatistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall
 
@@ -154,7 +155,7 @@ def inception_reference(source: str | Path, network: InceptionFeatures, count: i
 class DomainMetric:
     name, primary = "domain", "fd"
 
-    def __init__(self, classifier: torch.nn.Module, reference: ReferenceSet, floor: dict[str, float],
+    def __init__(self, classifier: DomainClassifier, reference: ReferenceSet, floor: dict[str, float],
                  device: torch.device | str = "cpu", batch_size: int = 500):
         self.classifier, self.reference, self.floor = classifier.to(device).eval(), reference, floor
         self.device, self.batch_size = device, batch_size
@@ -174,11 +175,11 @@ class DomainMetric:
         return self.score_nchw(nhwc_to_nchw(images), labels, progress)
 
 
-def classify(classifier: torch.nn.Module, images_nchw: np.ndarray, device: torch.device | str,
+def classify(classifier: DomainClassifier, images_nchw: np.ndarray, device: torch.device | str,
              batch_size: int = 500, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(penultimate features, predicted class) of uint8 NCHW images."""
-    features, logits = embed_in_batches(lambda x: (classifier.features(x), classifier(x)), images_nchw,
-                                        batch_size, device, progress, desc="classifier")
+    features, logits = embed_in_batches(classifier.features_and_logits, images_nchw, batch_size, device, progress,
+                                        desc="classifier")
     return features, logits.argmax(1)
 
 
@@ -202,8 +203,6 @@ def domain_metric(data_path: str | Path, device: torch.device | str = "cpu", pro
     """The embedded metric of a prepared data set. The first call trains the classifier on the
     training split and embeds the reference and held-out images; the result is cached in
     <data>/eval/domain/ (delete it to retrain)."""
-    from .classifier import load_domain_classifier, train_domain_classifier
-
     data = LatentDataset(data_path)
     directory = data.path / EVAL_DIR / DOMAIN_DIR
     if not (directory / "floor.json").is_file():

@@ -46,10 +46,11 @@ from .optim import build_optimizer, width_aware_lr
 # Settings that may change when a run is resumed (durations and cadences); anything else must
 # match the saved config, or the continuation would silently be a different experiment.
 # data.path may change (data moved) because the data card of the run is checked instead.
+# The whole eval section only measures the run, so all of it may change.
 RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.align_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.batch_per_device",
-                     "train.device", "data.path", "data.workers", "eval.every", "eval.metric", "eval.samples",
-                     "eval.truncation", "eval.inception", "eval.reference", "eval.batch_size"}
+                     "train.device", "data.path", "data.workers"}
+RESUMABLE_SECTIONS = ("eval.",)
 GRID_COLUMNS = 10
 GRID_MAX_ROWS = 16
 
@@ -66,11 +67,13 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 def check_resumable(saved: Config, new: Config) -> None:
     old_values, new_values = _flatten(saved.to_dict()), _flatten(new.to_dict())
-    changed = sorted(k for k in new_values if old_values.get(k) != new_values[k] and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in new_values if old_values.get(k) != new_values[k] and k not in RESUMABLE_CHANGES
+                     and not k.startswith(RESUMABLE_SECTIONS))
     if changed:
         details = "; ".join(f"{k}: {old_values.get(k)!r} -> {new_values[k]!r}" for k in changed)
         raise ValueError(f"the run directory already holds a run with different settings ({details}). "
-                         "Choose another run.name, or only change: " + ", ".join(sorted(RESUMABLE_CHANGES)))
+                         "Choose another run.name, or only change: "
+                         + ", ".join([*sorted(RESUMABLE_CHANGES), *(f"{p}*" for p in RESUMABLE_SECTIONS)]))
 
 
 @dataclass
@@ -274,8 +277,7 @@ class Trainer:
     def alignment(self) -> dict[str, float]:
         """CKNNA/CKA of D's and the teacher's features (see `AlignmentMonitor`), on the main process."""
         if self._monitor is None:
-            tokenizer = load_tokenizer(self.run_dir / RUN_TOKENIZER).to(self.device).eval()
-            self._monitor = AlignmentMonitor(self.teacher, tokenizer, self.data, self.config.loss.mng,
+            self._monitor = AlignmentMonitor(self.teacher, self.sampler.tokenizer, self.data, self.config.loss.mng,
                                              self.G.z_dim, self.device)
         return self._monitor(self.ema.model, self.D)
 
