@@ -75,10 +75,11 @@ def finished(run: Path) -> bool:
     """Trained to its full budget: the last checkpoint is at the config's final step."""
     from gatgan.train.config import read_config
 
-    if not (run / "checkpoints").is_dir() or not checkpoints(run):
+    steps = checkpoints(run) if (run / "checkpoints").is_dir() else []
+    if not steps:
         return False
     train = read_config(run / "config.yaml").train
-    return int(checkpoints(run)[-1].name) == -(-int(train.kimg * 1000) // train.global_batch)
+    return int(steps[-1].name) == -(-int(train.kimg * 1000) // train.global_batch)
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -96,9 +97,10 @@ def score_arm(run: Path, metric, samples: int, curve_samples: int, contribution_
     from gatgan.sample import Sampler, class_balanced_labels
 
     result: dict = {"curve": []}
-    for checkpoint in checkpoints(run):
+    steps = checkpoints(run)
+    for checkpoint in steps:
         sampler = Sampler.from_run(run, checkpoint)
-        count = samples if checkpoint == checkpoints(run)[-1] else curve_samples
+        count = samples if checkpoint == steps[-1] else curve_samples
         labels = class_balanced_labels(count, len(sampler.class_names))
         seeds = list(range(count))
         scores = metric.score(sampler.images(seeds, labels, 1.0), np.asarray(labels))
