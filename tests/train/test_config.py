@@ -34,6 +34,8 @@ def test_overrides_parse_yaml_scalars_and_nested_keys():
     ("train", "section.key=value"),
     ("loss.mng.form=sideways", "unknown MNG form"),
     ("loss.penalty.mode=r3", "unknown penalty mode"),
+    ("eval.every=30", "multiple of train.log_every"),
+    ("train.align_every=75", "multiple of train.log_every"),
 ])
 def test_bad_settings_get_a_clear_error(override, message):
     with pytest.raises(ValueError, match=message):

@@ -111,6 +111,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        """Alignment and evaluation run at logging steps only; another cadence would be skipped silently."""
+        for key, every in (("train.align_every", self.train.align_every), ("eval.every", self.eval.every)):
+            if self.train.log_every > 0 and every % self.train.log_every:
+                raise ValueError(f"{key}={every} must be a multiple of train.log_every={self.train.log_every} "
+                                 "(it runs at logging steps)")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
