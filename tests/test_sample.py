@@ -62,3 +62,13 @@ def test_npz_follows_the_adm_layout(tmp_path):
 def test_a_run_without_checkpoints_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="gatgan train"):
         Sampler.from_run(tmp_path)
+
+
+def test_a_run_with_another_mapping_lr_multiplier_samples_what_it_trained(tiny_data, tmp_path):
+    """Equalised-lr weights are stored divided by the multiplier: rebuilding the generator with the
+    default multiplier would silently rescale the mapping network."""
+    trainer = train(tiny_config(tiny_data, tmp_path, **{"model.mapping_lr_mult": 1.0}), progress=False)
+    sampler = Sampler.from_run(tmp_path / "tiny")
+    assert sampler.generator.mapping.fc1.lr_mult == 1.0
+    z, y = torch.randn(4, sampler.generator.z_dim), torch.tensor([0, 1, 2, 0])
+    torch.testing.assert_close(sampler.generator.mapping(z, y), trainer.ema.model.mapping(z, y))

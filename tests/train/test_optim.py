@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gatgan.train.ema import EMA
+from gatgan.train.ema import EMA, ema_decay
 from gatgan.train.optim import build_optimizer, width_aware_lr
 
 
@@ -32,3 +32,19 @@ def test_ema_averages_parameters_and_copies_buffers():
     assert torch.allclose(ema.model.weight, torch.full((2,), 0.9 * 1.0 + 0.1 * 2.0))
     assert torch.equal(ema.model.running_mean, model.running_mean)
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_ema_decay_is_the_fixed_per_step_decay_without_a_half_life():
+    assert ema_decay(step=7, batch=32, fixed_decay=0.99) == 0.99
+
+
+def test_ema_half_life_halves_the_weight_of_the_past_after_that_many_images():
+    decay = ema_decay(step=10_000, batch=32, fixed_decay=0.99, half_life_kimg=10.0)
+    assert decay ** (10_000 / 32) == pytest.approx(0.5)
+
+
+def test_ema_rampup_shortens_the_half_life_early_in_training():
+    early = ema_decay(step=100, batch=32, fixed_decay=0.99, half_life_kimg=10.0, rampup=0.05)
+    assert early ** (100 * 32 * 0.05 / 32) == pytest.approx(0.5)  # half-life 5% of the 3,200 images seen
+    late = ema_decay(step=100_000, batch=32, fixed_decay=0.99, half_life_kimg=10.0, rampup=0.05)
+    assert late == ema_decay(step=100_000, batch=32, fixed_decay=0.99, half_life_kimg=10.0)

@@ -34,12 +34,13 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 class MappingNetwork(nn.Module):
     """(z, y) -> style w. z and the class embedding are normalised separately, then concatenated."""
 
-    def __init__(self, z_dim: int, num_classes: int, width: int, embed_dim: int = 64):
+    def __init__(self, z_dim: int, num_classes: int, width: int, embed_dim: int = 64,
+                 lr_mult: float = MAPPING_LR_MULT):
         super().__init__()
         self.z_dim = z_dim
         self.class_embed = nn.Embedding(num_classes, embed_dim)
-        self.fc1 = EqualLinear(z_dim + embed_dim, width, lr_mult=MAPPING_LR_MULT)
-        self.fc2 = EqualLinear(width, width, lr_mult=MAPPING_LR_MULT)
+        self.fc1 = EqualLinear(z_dim + embed_dim, width, lr_mult=lr_mult)
+        self.fc2 = EqualLinear(width, width, lr_mult=lr_mult)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = torch.cat([normalize_2nd_moment(z), normalize_2nd_moment(self.class_embed(y))], dim=1)
@@ -104,6 +105,7 @@ class Generator(nn.Module):
         w_avg_beta: float = 0.995,
         projector_dim: int = 2048,
         teacher_dim: int | None = None,
+        mapping_lr_mult: float = MAPPING_LR_MULT,
     ):
         super().__init__()
         if input_size % patch_size:
@@ -117,7 +119,7 @@ class Generator(nn.Module):
         grid = input_size // patch_size
         self.register_buffer("pos_embed", sincos_position_embedding(width, grid)[None], persistent=False)
         self.rope = RotaryEmbedding2D(width // num_heads, grid)
-        self.mapping = MappingNetwork(z_dim, num_classes, width)
+        self.mapping = MappingNetwork(z_dim, num_classes, width, lr_mult=mapping_lr_mult)
         self.blocks = nn.ModuleList(
             GeneratorBlock(width, num_heads, swiglu_hidden_size(width, mlp_ratio)) for _ in range(depth)
         )

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .discriminator import Discriminator
-from .generator import Generator
+from .generator import MAPPING_LR_MULT, Generator
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,13 @@ def parse_model_name(name: str) -> tuple[ModelSize, int]:
 
 def build_generator(
     name: str, *, input_size: int, channels: int, num_classes: int, num_exits: int = 4, z_dim: int = 64,
-    teacher_dim: int | None = None,
+    teacher_dim: int | None = None, mapping_lr_mult: float = MAPPING_LR_MULT,
 ) -> Generator:
     size, patch = parse_model_name(name)
     return Generator(
         input_size=input_size, channels=channels, patch_size=patch, width=size.width, depth=size.depth,
         num_heads=size.num_heads, num_classes=num_classes, z_dim=z_dim, num_exits=num_exits,
-        projector_dim=size.projector_dim, teacher_dim=teacher_dim,
+        projector_dim=size.projector_dim, teacher_dim=teacher_dim, mapping_lr_mult=mapping_lr_mult,
     )
 
 

@@ -41,6 +41,7 @@ class ModelConfig:
     generator: str = "GAT-B/2"
     discriminator: str = "GAT-B/2"  # chosen independently of G (REFERENCE §2c)
     z_dim: int = 64  # REFERENCE §2b
+    mapping_lr_mult: float = 0.01  # REFERENCE §2b: StyleGAN's equalised lr, the mapping learns 100x slower
 
 
 @dataclass
@@ -62,7 +63,12 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # global norm, G and D
-    ema_decay: float = 0.999  # per step, no warm-up
+    ema_decay: float = 0.999  # per step, no warm-up (REFERENCE §3g); used when ema_kimg is 0
+    # StyleGAN2's EMA instead: a half-life of ema_kimg thousand images, growing with training as
+    # min(ema_kimg, ema_rampup * images seen so far) when ema_rampup > 0, so that a short run does
+    # not average in its untrained start. 0 keeps the per-step ema_decay.
+    ema_kimg: float = 0.0
+    ema_rampup: float = 0.0
 
 
 @dataclass
@@ -79,6 +85,9 @@ class TrainConfig:
     # D-teacher alignment (CKNNA, CKA) when a REPA teacher is set, at logging steps that are
     # multiples of it; 0 = never
     align_every: int = 1250
+    # z-sensitivity and discriminator-overfitting diagnostics (gatgan.train.diagnostics), at logging
+    # steps that are multiples of it; 0 = never
+    diagnose_every: int = 1250
     checkpoint_every: int = 1250
     keep_checkpoints: int = 3  # older step folders are deleted; 0 keeps all
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
@@ -113,7 +122,8 @@ class Config:
 
     def __post_init__(self) -> None:
         """Alignment and evaluation run at logging steps only; another cadence would be skipped silently."""
-        for key, every in (("train.align_every", self.train.align_every), ("eval.every", self.eval.every)):
+        for key, every in (("train.align_every", self.train.align_every),
+                           ("train.diagnose_every", self.train.diagnose_every), ("eval.every", self.eval.every)):
             if self.train.log_every > 0 and every % self.train.log_every:
                 raise ValueError(f"{key}={every} must be a multiple of train.log_every={self.train.log_every} "
                                  "(it runs at logging steps)")

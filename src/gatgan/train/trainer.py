@@ -38,7 +38,8 @@ from ..tokenizers import load_tokenizer
 from .checkpoint import latest_checkpoint, load_network, load_state, save_checkpoint
 from .config import Config, read_config, save_config
 from .distributed import DistributedEnv, init_distributed, mean_across_processes
-from .ema import EMA
+from .diagnostics import DiversityMonitor, OverfitMonitor, held_out_images
+from .ema import EMA, ema_decay
 from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
 from .optim import build_optimizer, width_aware_lr
@@ -47,7 +48,7 @@ from .optim import build_optimizer, width_aware_lr
 # match the saved config, or the continuation would silently be a different experiment.
 # data.path may change (data moved) because the data card of the run is checked instead.
 # The whole eval section only measures the run, so all of it may change.
-RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.align_every",
+RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.align_every", "train.diagnose_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.batch_per_device",
                      "train.device", "data.path", "data.workers"}
 RESUMABLE_SECTIONS = ("eval.",)
@@ -113,6 +114,7 @@ class Trainer:
         self.noise_rng = torch.Generator(self.device).manual_seed(stream)  # z, augmentation, MNG, penalty
         self._batches, self._batches_step = None, -1
         self._monitor: AlignmentMonitor | None = None
+        self._diagnostics: tuple[DiversityMonitor, OverfitMonitor | None] | None = None
         self._evaluation: InTrainingEvaluation | None = None
         self.step = 0
         self._resume()
@@ -157,6 +159,7 @@ class Trainer:
         teacher_dim = self.teacher.dim if self.repa_on else None
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.G = build_generator(cfg.model.generator, num_exits=cfg.loss.mng.num_levels, z_dim=cfg.model.z_dim,
+                                 mapping_lr_mult=cfg.model.mapping_lr_mult,
                                  teacher_dim=teacher_dim if cfg.loss.repa.align_generator else None,
                                  **shape).to(self.device)
         self.D = build_discriminator(cfg.model.discriminator, num_levels=cfg.loss.mng.num_levels,
@@ -258,8 +261,9 @@ class Trainer:
                 stats[k] += v * scale
         self.D.requires_grad_(True)
         stats["grad_norm/G"] = self._optimizer_step(self.G, self.opt_G)
-        self.ema.update(self.G)
         self.step += 1
+        o = self.config.optim
+        self.ema.update(self.G, ema_decay(self.step, self.plan.global_batch, o.ema_decay, o.ema_kimg, o.ema_rampup))
         return stats
 
     # ---------------------------------------------------------------- outputs
@@ -280,6 +284,17 @@ class Trainer:
             self._monitor = AlignmentMonitor(self.teacher, self.sampler.tokenizer, self.data, self.config.loss.mng,
                                              self.G.z_dim, self.device)
         return self._monitor(self.ema.model, self.D)
+
+    def diagnose(self) -> dict[str, float]:
+        """z-sensitivity of the EMA generator and D's overfitting (see `gatgan.train.diagnostics`)."""
+        if self._diagnostics is None:
+            tokenizer, held_out = self.sampler.tokenizer, held_out_images(self.data)
+            self._diagnostics = (
+                DiversityMonitor(tokenizer, self.data, self.G.z_dim, self.device),
+                None if held_out is None else OverfitMonitor(tokenizer, self.data, held_out, self.config.loss.mng,
+                                                             self.G.z_dim, self.device))
+        diversity, overfit = self._diagnostics
+        return diversity(self.ema.model) | ({} if overfit is None else overfit(self.G, self.D))
 
     @property
     def sampler(self) -> Sampler:
@@ -346,6 +361,8 @@ class Trainer:
                 if self.env.is_main and self.teacher is not None and cfg.align_every and (
                         self.step % cfg.align_every == 0 or finished):
                     record |= self.alignment()
+                if self.env.is_main and cfg.diagnose_every and (self.step % cfg.diagnose_every == 0 or finished):
+                    record |= self.diagnose()
                 if self.env.is_main and self.config.eval.every and (self.step % self.config.eval.every == 0 or finished):
                     record |= self.evaluate()
                 if self.env.is_main:
