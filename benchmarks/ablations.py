@@ -44,8 +44,12 @@ WHAT = {
 
 
 def train_arms(arms: list[str], runs_dir: Path, jobs: int, extra: list[str]) -> None:
-    """Runs `gatgan train` per arm, `jobs` at a time, each pinned to one thread (measured: the
-    small models run no faster on two, and two jobs on two threads each thrash)."""
+    run_jobs({arm: ["-c", f"ablations/{arm}", f"run.dir={runs_dir}", *extra] for arm in arms}, runs_dir, jobs)
+
+
+def run_jobs(arms: dict[str, list[str]], runs_dir: Path, jobs: int) -> None:
+    """Runs `gatgan train <arguments>` per arm, `jobs` at a time, each pinned to one thread
+    (measured: the small models run no faster on two, and two jobs on two threads each thrash)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending, running = list(arms), {}
@@ -54,8 +58,7 @@ def train_arms(arms: list[str], runs_dir: Path, jobs: int, extra: list[str]) -> 
             arm = pending.pop(0)
             (runs_dir / f"{arm}.commit").write_text(_commit() + "\n")  # the code it was trained with, for the report
             log = open(runs_dir / f"{arm}.log", "a")
-            command = [sys.executable, "-m", "gatgan.cli", "train", "-c", f"ablations/{arm}",
-                       f"run.dir={runs_dir}", "train.threads=1", *extra]
+            command = [sys.executable, "-m", "gatgan.cli", "train", *arms[arm], "train.threads=1"]
             running[arm] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, time.time())
             print(f"started {arm}: {' '.join(command[2:])}", flush=True)
         time.sleep(2)

@@ -1,9 +1,29 @@
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
-from tinyrun import tiny_overrides
+from tinyrun import TINY_CLASSES, make_tiny_images, tiny_config, tiny_overrides
 
 from gatgan.cli import main
+from gatgan.data.inputs import prepare_arrays
+from gatgan.data.prepare import PrepareOptions
+from gatgan.eval.suite import domain_metric
+from gatgan.tokenizers.identity import IdentityTokenizer
+from gatgan.train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def domain_run(tmp_path_factory):
+    """A tiny run on 16x16 images (the domain classifier's smallest size), enough of them for per-class
+    scores of the held-out tenth, with the domain metric cached beside the data."""
+    root = tmp_path_factory.mktemp("domain")
+    images, labels = make_tiny_images(300, size=16)
+    data = prepare_arrays(root / "data", images, labels, TINY_CLASSES, IdentityTokenizer(1), "synthetic",
+                          PrepareOptions(progress=False))
+    domain_metric(data, progress=False, classifier_steps=20)
+    train(tiny_config(data, root), progress=False)
+    return root / "tiny"
 
 
 @pytest.mark.slow
@@ -35,3 +55,26 @@ def test_models_lists_the_paper_sizes(capsys):
     main(["models"])
     out = capsys.readouterr().out
     assert "GAT-XL/2" in out and "602" in out
+
+
+@pytest.mark.slow
+def test_eval_of_a_run_reports_the_tokenizer_ceiling_and_per_class_scores(domain_run, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    eval_args = ["eval", "--run", str(domain_run), "--metric", "domain", "--num", "30", "--batch-size", "7"]
+    main([*eval_args, "--out", str(out)])
+    result = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "tokenizer ceiling" in printed and "floor recall" in printed
+    assert {"recall_per_class_mean", "spread_mean"} <= set(result["scores"]) & set(result["ceiling"])
+    # the run's tokenizer is the identity, so its ceiling is the real-vs-real floor
+    assert result["ceiling"]["fd"] == pytest.approx(result["floor"]["fd"])
+    assert sorted(result["per_class"]) == sorted(TINY_CLASSES)
+    assert all(set(scores) == {"samples", "floor", "ceiling"} for scores in result["per_class"].values())
+    assert {"precision", "recall", "spread", "consistency"} <= set(result["per_class"]["grey"]["samples"])
+    assert result["per_class"]["grey"]["samples"]["count"] == 10
+
+    main([*eval_args, "--out", str(out), "--no-ceiling"])
+    without = json.loads(out.read_text())
+    assert "ceiling" not in without and "tokenizer ceiling" not in capsys.readouterr().out
+    assert all(set(scores) == {"samples", "floor"} for scores in without["per_class"].values())
+    assert without["scores"] == result["scores"]

@@ -78,7 +78,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from .eval.suite import build_metric, format_scores
+    from .eval.suite import (build_metric, format_per_class, format_scores, nhwc_to_nchw, per_class_report,
+                             tokenizer_ceiling)
     from .sample import Sampler, class_balanced_labels, random_labels, read_npz
     from .train.checkpoint import latest_checkpoint
     from .train.config import read_config
@@ -95,6 +96,7 @@ def _eval(args: argparse.Namespace) -> None:
         raise ValueError("--samples needs --data (the prepared data the samples imitate) or --reference")
     metric = build_metric(args.metric, data or args.reference, inception=args.inception, reference=args.reference,
                           device=args.device)
+    ceiling, ceiling_per_class = {}, {}
     if args.samples:
         images, labels = read_npz(args.samples)
     else:
@@ -104,15 +106,29 @@ def _eval(args: argparse.Namespace) -> None:
             random_labels(args.num, count, args.seed)
         seeds = [args.seed + i for i in range(args.num)]
         images = sampler.images(seeds, labels, args.truncation, args.guidance, args.batch_size, progress=True)
-    scores = metric.score(images, None if labels is None else np.asarray(labels), progress=True)
+        if metric.name == "domain" and not args.no_ceiling:
+            ceiling, ceiling_per_class = tokenizer_ceiling(metric, data, sampler.tokenizer, args.batch_size,
+                                                           progress=True)
+    labels = None if labels is None else np.asarray(labels)
+    if metric.name == "domain":
+        scores, per_class = metric.evaluate_nchw(nhwc_to_nchw(images), labels, progress=True)
+    else:  # the Inception metric has no notion of class here
+        scores, per_class = metric.score(images, labels, progress=True), {}
     print(f"{metric.name} metric on {len(images)} samples:")
-    print(format_scores(scores, metric.floor))
+    print(format_scores(scores, metric.floor, ceiling))
+    if per_class:
+        print(format_per_class(per_class, metric.floor_per_class, metric.class_names))
     if metric.name == "inception":
         print("note: this is torch-fidelity's port of the TF Inception; published ImageNet numbers use ADM's "
               "TensorFlow evaluator (guided-diffusion/evaluations) on an .npz from `gatgan sample --out`")
     if args.out:
         result = {"metric": metric.name, "samples": len(images), "scores": scores, "floor": metric.floor,
                   "source": args.samples or str(checkpoint), "truncation": args.truncation}
+        if ceiling:
+            result["ceiling"] = ceiling
+        if per_class:
+            result["per_class"] = per_class_report(metric.class_names, samples=per_class,
+                                                   floor=metric.floor_per_class, ceiling=ceiling_per_class)
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")
 
@@ -249,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the standard FID Inception-v3 (a local weights file, --inception) against an ADM reference "
                     "batch or statistics computed once from the prepared data; on the embedded Fashion-MNIST data "
                     "it is a classifier gatgan trains on the training split (cached with the data), reported next "
-                    "to the real-vs-real floor of the held-out split.",
+                    "to the real-vs-real floor of the held-out split and, for a run, the tokenizer ceiling (the "
+                    "held-out images through the run's tokenizer and back), with per-class recall and spread.",
         epilog="example: gatgan eval --run runs/gat-b2 --inception weights-inception-2015-12-05-6726825d.pth "
                "--reference VIRTUAL_imagenet256_labeled.npz --num 50000 --labels random")
     evaluate.add_argument("--run", help="run directory")
@@ -260,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels", choices=["balanced", "random"], default="balanced",
                           help="class-balanced labels, or uniformly random ones as the authors sample")
     add_generation_arguments(evaluate, truncation=1.0, truncation_help="1 = none (the FID protocol)")
+    evaluate.add_argument("--no-ceiling", action="store_true",
+                          help="domain metric: skip the tokenizer ceiling (encoding and decoding the held-out images)")
     evaluate.add_argument("--out", help="write the scores to this JSON file")
     evaluate.set_defaults(func=_eval)
 
