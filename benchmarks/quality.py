@@ -34,17 +34,150 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "beta2-999": ("Adam beta2 0.999", ["optim.beta2=0.999"]),
     "translate": ("DiffAugment translation + flip", ["loss.augment.policy=translation,flip"]),
 }
+# Second round: each first-round change again, on top of the best first-round arm (no MNG).
+ARMS |= {f"mng-off+{arm}": (f"no MNG, {ARMS[arm][0]}", [*ARMS["mng-off"][1], *ARMS[arm][1]])
+         for arm in ("lr2x", "gamma1", "ema-ramp", "batch64", "beta2-999", "translate")}
 
 
-def commands(arms: list[str], runs_dir: Path, extra: list[str]) -> dict[str, list[str]]:
-    return {arm: ["-c", "fmnist", f"run.dir={runs_dir}", f"run.name={arm}", *SCREEN, *ARMS[arm][1], *extra]
-            for arm in arms}
+FULL = ["eval.every=250"]  # the preset's whole budget (72 kimg), evaluated as often as the screen
+
+
+def run_name(arm: str, full: bool, seed: int) -> str:
+    return f"{arm}{'-full' if full else ''}{f'-seed{seed}' if seed else ''}"
+
+
+def commands(arms: list[str], runs_dir: Path, full: bool, seed: int, extra: list[str]) -> dict[str, list[str]]:
+    budget = FULL if full else SCREEN
+    return {run_name(arm, full, seed): ["-c", "fmnist", f"run.dir={runs_dir}", f"run.name={run_name(arm, full, seed)}",
+                                        *budget, *ARMS[arm][1], f"train.seed={seed}", *extra] for arm in arms}
 
 
 def curve(run: Path) -> list[dict]:
     """The in-training metric of a run, one record per evaluation."""
     records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
     return [r for r in records if "eval/fd" in r]
+
+
+def last(run: Path, key: str) -> float | None:
+    values = [r[key] for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines()) if key in r]
+    return values[-1] if values else None
+
+
+def at_wall_clock(points: list[dict], seconds_per_step: float, budget: float, key: str) -> float | None:
+    """The in-training score at `budget` idle seconds: the last evaluation reached by then."""
+    reached = [p[key] for p in points if p["step"] * seconds_per_step <= budget * 1.0001]
+    return reached[-1] if reached else None
+
+
+def plot_against_time(path: Path, series: dict[str, tuple[list[float], list[float]]], ylabel: str,
+                      title: str, log: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for label, (x, y) in series.items():
+        axis.plot(x, y, marker="o", markersize=3, label=label)
+    axis.set(xlabel="training time on one idle core (minutes)", ylabel=ylabel, title=title)
+    if log:
+        axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def screen_report(runs_dir: Path, out: Path) -> list[str]:
+    """The screening table and its curves (FD and recall against idle wall clock)."""
+    timing = json.loads((runs_dir / "timing.json").read_text()) if (runs_dir / "timing.json").is_file() else {}
+    arms = [a for a in ARMS if (runs_dir / a / "stats.jsonl").is_file() and curve(runs_dir / a)]
+    base_seconds = timing.get("baseline")
+    budget = None if base_seconds is None else base_seconds * curve(runs_dir / "baseline")[-1]["step"]
+    lines = ["| arm | change | s/it alone | step | FD | recall | precision | consistency | z-spread / real | "
+             "D overfit gap | FD, recall at the baseline's time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fd_series, recall_series = {}, {}
+    for arm in arms:
+        run, points = runs_dir / arm, curve(runs_dir / arm)
+        end, seconds = points[-1], timing.get(arm)
+        equal_time = "n/a"
+        if seconds and budget:
+            fd, recall = (at_wall_clock(points, seconds, budget, k) for k in ("eval/fd", "eval/recall"))
+            equal_time = "n/a" if fd is None else f"{fd:.1f}, {recall:.3f}"
+            minutes = [p["step"] * seconds / 60 for p in points]
+            fd_series[arm] = (minutes, [p["eval/fd"] for p in points])
+            recall_series[arm] = (minutes, [p["eval/recall"] for p in points])
+        z_spread, gap = last(run, "diversity/z_spread_vs_real"), last(run, "overfit/gap")
+        lines.append(f"| {arm} | {ARMS[arm][0]} | {seconds or float('nan'):.3f} | {end['step']} | {end['eval/fd']:.1f} | "
+                     f"{end['eval/recall']:.3f} | {end['eval/precision']:.3f} | {100 * end['eval/consistency']:.1f}% | "
+                     f"{z_spread or float('nan'):.2f} | {gap or float('nan'):.2f} | {equal_time} |")
+    if fd_series:
+        plot_against_time(out / "screen-fd.png", fd_series, "domain FD (2,000 samples)", "FD during training", log=True)
+        plot_against_time(out / "screen-recall.png", recall_series, "recall (2,000 samples)", "recall during training")
+    return lines
+
+
+def score_final(run: Path, metric, samples: int) -> dict:
+    """The EMA generator at the run's last checkpoint on `samples` class-balanced samples, truncation 1,
+    with per-class recall and spread (the `gatgan eval` protocol)."""
+    import numpy as np
+
+    from gatgan.eval.suite import nhwc_to_nchw
+    from gatgan.sample import Sampler, class_balanced_labels
+
+    sampler = Sampler.from_run(run)
+    labels = class_balanced_labels(samples, len(sampler.class_names))
+    images = sampler.images(list(range(samples)), labels, 1.0)
+    scores, per_class = metric.evaluate_nchw(nhwc_to_nchw(images), np.asarray(labels))
+    return {"scores": scores, "per_class": {sampler.class_names[c]: v for c, v in per_class.items()},
+            "kimg": last(run, "kimg")}
+
+
+def save_sample_grid(run: Path, path: Path, columns: int = 10) -> None:
+    """One row per class, seeds 0..columns-1, truncation 1."""
+    from gatgan.images import save_grid
+    from gatgan.sample import Sampler
+
+    sampler = Sampler.from_run(run)
+    classes = range(len(sampler.class_names))
+    images = sampler.images([s for _ in classes for s in range(columns)], [c for c in classes for _ in range(columns)])
+    save_grid(images, columns, path)
+
+
+def final_report(runs_dir: Path, out: Path, finals: dict[str, list[str]], samples: int) -> list[str]:
+    """Each final arm (several seeds) at the preset's whole budget, on `samples` samples, beside the
+    real-vs-real floor and the tokenizer ceiling; their sample grids."""
+    from gatgan.eval.suite import domain_metric, tokenizer_ceiling
+    from gatgan.tokenizers import load_tokenizer
+
+    cache = out / "results.json"
+    results = json.loads(cache.read_text()) if cache.is_file() else {}
+    runs = {name: runs_dir / name for names in finals.values() for name in names if (runs_dir / name).is_dir()}
+    if not runs:
+        return []
+    data = json.loads((next(iter(runs.values())) / "data.json").read_text())["path"]
+    metric = domain_metric(data, progress=False)
+    if "ceiling" not in results:
+        ceiling, per_class = tokenizer_ceiling(metric, data, load_tokenizer(next(iter(runs.values())) / "tokenizer"))
+        results["ceiling"] = {"scores": ceiling, "per_class": {metric.class_names[c]: v for c, v in per_class.items()}}
+    results["floor"] = {"scores": metric.floor,
+                        "per_class": {metric.class_names[c]: v for c, v in metric.floor_per_class.items()}}
+    for name, run in runs.items():
+        if results.get(name, {}).get("kimg") != last(run, "kimg"):
+            print(f"scoring {name}", flush=True)
+            results[name] = score_final(run, metric, samples)
+            save_sample_grid(run, out / f"grid-{name}.png")
+    cache.write_text(json.dumps(results, indent=2))
+    keys = ("fd", "recall", "precision", "consistency", "recall_per_class_mean", "spread_mean")
+    lines = ["| arm | run | kimg | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for arm, names in finals.items():
+        for name in (n for n in names if n in results):
+            r = results[name]
+            lines.append(f"| {arm} | {name} | {r['kimg']:g} | " + " | ".join(f"{r['scores'][k]:.3f}" for k in keys) + " |")
+    for label, title in (("ceiling", "tokenizer ceiling"), ("floor", "real-vs-real floor")):
+        lines.append(f"| {title} | test split | | " + " | ".join(f"{results[label]['scores'][k]:.3f}" for k in keys) + " |")
+    return lines
 
 
 def idle_seconds_per_step(arm: str, steps: int, extra: list[str]) -> float:
@@ -78,6 +211,8 @@ def main() -> None:
     train.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     train.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
     train.add_argument("--jobs", type=int, default=2)
+    train.add_argument("--full", action="store_true", help="the preset's whole budget instead of the 32-kimg screen")
+    train.add_argument("--seed", type=int, default=0)
     train.add_argument("overrides", nargs="*", help="extra key=value overrides for every arm (e.g. train.seed=1)")
     timing = commands_.add_parser("time", help="idle seconds per iteration of each arm -> <runs-dir>/timing.json")
     timing.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -85,9 +220,12 @@ def main() -> None:
     timing.add_argument("--steps", type=int, default=20)
     show = commands_.add_parser("show", help="print each arm's in-training metric")
     show.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
+    write = commands_.add_parser("report", help="write reports/quality/README.md")
+    write.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
+    write.add_argument("--out", type=Path, default=Path("reports/quality"))
     args = parser.parse_args()
     if args.command == "train":
-        run_jobs(commands(args.arms, args.runs_dir, args.overrides), args.runs_dir, args.jobs)
+        run_jobs(commands(args.arms, args.runs_dir, args.full, args.seed, args.overrides), args.runs_dir, args.jobs)
     elif args.command == "time":
         path = args.runs_dir / "timing.json"
         timing = json.loads(path.read_text()) if path.is_file() else {}
@@ -96,6 +234,9 @@ def main() -> None:
             print(f"{arm:<14} {timing[arm]:.3f} s/it", flush=True)
             args.runs_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(timing, indent=2))
+    elif args.command == "report":
+        args.out.mkdir(parents=True, exist_ok=True)
+        print("\n".join(screen_report(args.runs_dir, args.out)))
     else:
         for run in sorted(p for p in args.runs_dir.iterdir() if (p / "stats.jsonl").is_file()):
             points = " ".join(f"{r['step']}:{r['eval/fd']:.0f}/{r.get('eval/recall', 0):.3f}" for r in curve(run))

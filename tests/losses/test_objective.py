@@ -319,3 +319,18 @@ def test_generator_loss_is_deterministic_given_the_generator_seed():
     b, _ = objective.generator_loss(D, real, fake_levels, y, rng(9))
     c, _ = objective.generator_loss(D, real, fake_levels, y, rng(10))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_lazy_penalty_skips_the_perturbed_copies_and_weights_the_penalty_steps_by_the_interval():
+    G, D = make_models()
+    real, fake_levels, y, _ = make_batch(G)
+    lazy = GATObjective(DiffAugment(), MNG(num_levels=K), PenaltySettings(mode="approx", every=4))
+    recorder = Recorder(D)
+    loss, stats = lazy.discriminator_loss(recorder, real, fake_levels, y, rng(), penalize=False)
+    assert "loss/R1" not in stats and len(recorder.calls[0][0]) == 2 * len(real)  # real and fake only
+    torch.testing.assert_close(loss.detach(), stats["loss/D_adv"])
+    loss, stats = lazy.discriminator_loss(D, real, fake_levels, y, rng())
+    expected = stats["loss/D_adv"] + 4 * 0.05 * stats["loss/R1"] + 4 * 0.05 * stats["loss/R2"]
+    torch.testing.assert_close(loss.detach(), expected)
+    with pytest.raises(ValueError, match="every"):
+        PenaltySettings(every=0)

@@ -23,6 +23,17 @@ def test_batch_plan_splits_the_global_batch_into_devices_and_accumulation():
         BatchPlan.resolve(100, 32, 2)
 
 
+def test_a_lazy_penalty_is_logged_on_its_own_steps_with_its_own_average(tiny_data, tmp_path):
+    every_step = tiny_config(tiny_data, tmp_path / "a", **{"loss.penalty.every": 2})
+    train(every_step, progress=False)
+    per_step = read_stats(tmp_path / "a" / "tiny")
+    assert ["loss/R1" in s for s in per_step] == [True, False] * 3  # steps 1..6; the penalty on steps 1, 3, 5
+    train(tiny_config(tiny_data, tmp_path / "b", **{"loss.penalty.every": 2, "train.log_every": 2}), progress=False)
+    windows = read_stats(tmp_path / "b" / "tiny")
+    # a 2-step window holds one penalty step: its R1 is that step's value, not diluted by the other
+    assert [s["loss/R1"] for s in windows] == pytest.approx([s["loss/R1"] for s in per_step[::2]], rel=1e-5)
+
+
 def test_a_short_run_writes_stats_samples_and_checkpoints(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path)
     trainer = train(config, progress=False)

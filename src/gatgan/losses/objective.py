@@ -29,10 +29,15 @@ class PenaltySettings:
     sigma: float = 0.01
     gamma_r1: float = 0.1  # weighted by gamma / 2, as in the code
     gamma_r2: float = 0.1
+    # Lazy regularisation (StyleGAN2; the authors' R1_every): the penalty on one D step in `every`,
+    # weighted `every` times, so its average strength is unchanged. 1 = every step, as the authors run.
+    every: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in PENALTY_MODES:
             raise ValueError(f"unknown penalty mode {self.mode!r}; choose from {PENALTY_MODES}")
+        if self.every < 1:
+            raise ValueError(f"loss.penalty.every must be >= 1, got {self.every}")
 
 
 class GATObjective:
@@ -60,19 +65,21 @@ class GATObjective:
 
     def discriminator_loss(
         self, D: nn.Module, real: torch.Tensor, fake_levels: torch.Tensor, y: torch.Tensor,
-        generator: torch.Generator, repa_input: REPAInput | None = None,
+        generator: torch.Generator, repa_input: REPAInput | None = None, penalize: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """real [B, C, H, W] clean latents; fake_levels [K, B, C, H, W] detached generator exits;
-        repa_input: the raw images of `real` (or their precomputed teacher features), for REPA.
+        repa_input: the raw images of `real` (or their precomputed teacher features), for REPA;
+        penalize: whether this step carries the (lazy) R1/R2 penalty.
 
         All of D's inputs go through ONE forward call (real, fake and, for the approximated
         penalty, their perturbed copies), which is both faster and what DDP expects."""
         real_params, real_eps = self._draw(fake_levels, generator)
         fake_params, fake_eps = self._draw(fake_levels, generator)
         settings = self.penalty
+        mode = settings.mode if penalize else "none"
         inputs = [self.perturb(self.real_levels(real), real_params, real_eps),
                   self.perturb(fake_levels, fake_params, fake_eps)]
-        if settings.mode == "approx":
+        if mode == "approx":
             # R1 perturbs the clean real latent once (then repeats it to K levels); R2 perturbs each
             # fake level independently. Same augmentation and MNG noise as the main pass.
             real_delta = torch.randn(real.shape, generator=generator, device=generator.device).to(real) * settings.sigma
@@ -80,14 +87,14 @@ class GATObjective:
             fake_delta = fake_delta.to(fake_levels) * settings.sigma
             inputs += [self.perturb(self.real_levels(real + real_delta), real_params, real_eps),
                        self.perturb(fake_levels + fake_delta, fake_params, fake_eps)]
-        elif settings.mode == "exact":
+        elif mode == "exact":
             real = real.detach().requires_grad_(True)
             fake_levels = fake_levels.detach().requires_grad_(True)
             inputs = [self.perturb(self.real_levels(real), real_params, real_eps),
                       self.perturb(fake_levels, fake_params, fake_eps)]
         # The exact penalty backpropagates through a gradient: only the math attention kernel has
         # the second derivative (the fused CPU/flash kernels do not).
-        kernel = sdpa_kernel(SDPBackend.MATH) if settings.mode == "exact" else contextlib.nullcontext()
+        kernel = sdpa_kernel(SDPBackend.MATH) if mode == "exact" else contextlib.nullcontext()
         with kernel:
             if self.repa is None:
                 logits = D(torch.cat(inputs), y.repeat(len(inputs)))
@@ -99,14 +106,15 @@ class GATObjective:
         stats = {"loss/D_adv": adversarial.mean().detach(),
                  "D/real_logit": real_logits.mean().detach(), "D/fake_logit": fake_logits.mean().detach()}
         loss = adversarial.mean()
-        if settings.mode != "none":
-            if settings.mode == "approx":
+        if mode != "none":
+            if mode == "approx":
                 r1 = finite_difference_penalty(real_logits, logits[2], settings.sigma)
                 r2 = finite_difference_penalty(fake_logits, logits[3], settings.sigma)
             else:
                 r1 = exact_gradient_penalty(real_logits, real)
                 r2 = exact_gradient_penalty(fake_logits, fake_levels, batch_dim=1)
-            loss = loss + settings.gamma_r1 / 2 * r1.mean() + settings.gamma_r2 / 2 * r2.mean()
+            weight = settings.every / 2
+            loss = loss + weight * settings.gamma_r1 * r1.mean() + weight * settings.gamma_r2 * r2.mean()
             stats |= {"loss/R1": r1.mean().detach(), "loss/R2": r2.mean().detach()}
         if self.repa is not None:
             if repa_input is None:

@@ -237,12 +237,13 @@ class Trainer:
         stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         batches = self._micro_batches()
         scale = 1.0 / self.plan.accumulation
+        penalize = self.step % self.config.loss.penalty.every == 0
         for micro, (real, y, z, repa_input) in enumerate(batches):  # ---- D step
             with torch.no_grad(), self._autocast():
                 fake = self.G(z, y, all_exits=True)
             with self._sync_context(self.D_ddp, micro), self._autocast():
                 loss, micro_stats = self.objective.discriminator_loss(self.D_ddp, real, fake.float(), y,
-                                                                      self.noise_rng, repa_input)
+                                                                      self.noise_rng, repa_input, penalize)
                 (loss * scale).backward()
             for k, v in micro_stats.items():
                 stats[k] += v * scale
@@ -345,16 +346,18 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True,
                    disable=not (self.progress and self.env.is_main))
         window: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)  # a lazy penalty's stats exist on its own steps only
         window_steps, window_start = 0, time.time()
         while self.step < self.total_steps:
             stats = self.train_step()
             for k, v in stats.items():
                 window[k] += float(v)
+                counts[k] += 1
             window_steps += 1
             bar.update(1)
             finished = self.step == self.total_steps
             if self.step % cfg.log_every == 0 or finished:
-                averaged = mean_across_processes({k: v / window_steps for k, v in window.items()}, self.device)
+                averaged = mean_across_processes({k: v / counts[k] for k, v in window.items()}, self.device)
                 elapsed = time.time() - window_start
                 record = {"step": self.step, "kimg": round(self.step * self.plan.global_batch / 1000, 3),
                           "sec_per_step": round(elapsed / window_steps, 4), **averaged}
@@ -370,6 +373,7 @@ class Trainer:
                         f.write(json.dumps(record) + "\n")
                     bar.set_postfix({"D": f"{averaged['loss/D']:.3f}", "G": f"{averaged['loss/G']:.3f}"})
                 window.clear()
+                counts.clear()
                 window_steps, window_start = 0, time.time()
             if self.env.is_main and (self.step % cfg.sample_every == 0 or finished):
                 self.save_samples()
