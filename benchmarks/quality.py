@@ -12,18 +12,24 @@ time measured alone (`time`), at equal wall clock. Re-running `train` resumes un
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import run_jobs  # noqa: E402  (a sibling script)
+from ablations import _commit, run_jobs, trained_at  # noqa: E402  (a sibling script)
 
 SCREEN = ["train.kimg=32", "eval.every=250", "train.checkpoint_every=250", "train.keep_checkpoints=0"]
-# arm -> (what it changes, overrides of the `fmnist` preset)
+# The `fmnist` preset as it was before this study (commit 20c6f4f): every arm starts from it, so the
+# arms stay what they were after the preset changed.
+BEFORE = ["loss.mng.num_levels=4", "optim.base_lr=2e-4", "optim.ema_kimg=0", "optim.ema_rampup=0",
+          "loss.penalty.every=1", "train.kimg=72"]
+# arm -> (what it changes, overrides of BEFORE)
 ARMS: dict[str, tuple[str, list[str]]] = {
-    "baseline": ("the fmnist preset", []),
+    "baseline": ("the fmnist preset before this study", []),
     "mapping-lr1": ("mapping network at the full lr (lr_mult 1 instead of 0.01)", ["model.mapping_lr_mult=1.0"]),
     "lr2x": ("2x base lr for G and D", ["optim.base_lr=4e-4"]),
     "mng-off": ("no MNG (final exit only)", ["loss.mng.num_levels=1"]),
@@ -33,10 +39,20 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "batch64": ("batch 64 (half the steps at equal images)", ["train.global_batch=64"]),
     "beta2-999": ("Adam beta2 0.999", ["optim.beta2=0.999"]),
     "translate": ("DiffAugment translation + flip", ["loss.augment.policy=translation,flip"]),
+    "lazy4": ("R1/R2 on one D step in 4, weighted 4x (faster steps)", ["loss.penalty.every=4"]),
 }
 # Second round: each first-round change again, on top of the best first-round arm (no MNG).
 ARMS |= {f"mng-off+{arm}": (f"no MNG, {ARMS[arm][0]}", [*ARMS["mng-off"][1], *ARMS[arm][1]])
-         for arm in ("lr2x", "gamma1", "ema-ramp", "batch64", "beta2-999", "translate")}
+         for arm in ("lr2x", "gamma1", "ema-ramp", "batch64", "beta2-999", "translate", "lazy4")}
+# The new `fmnist` preset: the changes that helped, with the time the lazy penalty saves spent on
+# more images (96 kimg take no longer than the old 72).
+AFTER = ["loss.mng.num_levels=1", "optim.base_lr=4e-4", "optim.ema_kimg=10", "optim.ema_rampup=0.05",
+         "loss.penalty.every=4", "train.kimg=96"]
+ARMS["after"] = ("the new fmnist preset: no MNG, 2x lr, EMA ramp-up, lazy R1/R2, 96 kimg", AFTER)
+# The paper's MNG claim where it is meant to hold, with the new recipe: an 8-block generator.
+MINI = ["model.generator=GAT-Mini/2", "model.discriminator=GAT-Mini/2"]
+ARMS["mini-mng"] = ("GAT-Mini/2 (8 blocks), new recipe, exponential MNG", [*AFTER, *MINI, "loss.mng.num_levels=4"])
+ARMS["mini-mng-off"] = ("GAT-Mini/2 (8 blocks), new recipe, MNG off", [*AFTER, *MINI])
 
 
 FULL = ["eval.every=250"]  # the preset's whole budget (72 kimg), evaluated as often as the screen
@@ -49,7 +65,8 @@ def run_name(arm: str, full: bool, seed: int) -> str:
 def commands(arms: list[str], runs_dir: Path, full: bool, seed: int, extra: list[str]) -> dict[str, list[str]]:
     budget = FULL if full else SCREEN
     return {run_name(arm, full, seed): ["-c", "fmnist", f"run.dir={runs_dir}", f"run.name={run_name(arm, full, seed)}",
-                                        *budget, *ARMS[arm][1], f"train.seed={seed}", *extra] for arm in arms}
+                                        *BEFORE, *ARMS[arm][1], *budget, f"train.seed={seed}", *extra]
+            for arm in arms}
 
 
 def curve(run: Path) -> list[dict]:
@@ -180,6 +197,50 @@ def final_report(runs_dir: Path, out: Path, finals: dict[str, list[str]], sample
     return lines
 
 
+def kimg_report(out: Path, runs: dict[str, Path], name: str, title: str) -> list[str]:
+    """FD and recall of the in-training metric against kimg, one curve per run."""
+    curves = {label: curve(run) for label, run in runs.items() if (run / "stats.jsonl").is_file()}
+    if not curves:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, points in curves.items():
+        kimg = [p["kimg"] for p in points]
+        axes[0].plot(kimg, [p["eval/fd"] for p in points], marker="o", markersize=3, label=label)
+        axes[1].plot(kimg, [p["eval/recall"] for p in points], marker="o", markersize=3, label=label)
+    axes[0].set(xlabel="kimg", ylabel="domain FD (2,000 samples)", yscale="log", title=title)
+    axes[1].set(xlabel="kimg", ylabel="recall (2,000 samples)", title=title)
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / name, dpi=120)
+    plt.close(figure)
+    lines = ["| run | kimg | FD | recall | precision | consistency |", "|---|---|---|---|---|---|"]
+    for label, points in curves.items():
+        for p in points[3::4] if len(points) > 8 else points:
+            lines.append(f"| {label} | {p['kimg']:g} | {p['eval/fd']:.1f} | {p['eval/recall']:.3f} | "
+                         f"{p['eval/precision']:.3f} | {100 * p['eval/consistency']:.1f}% |")
+    return [*lines, "", f"![{title}]({name})"]
+
+
+def contribution_report(runs: dict[str, Path], samples: int = 256) -> list[str]:
+    """LPIPS when one generator block is skipped, per block, for each run's last checkpoint."""
+    from gatgan.eval.analyze import contribution
+    from gatgan.sample import Sampler
+
+    lines = ["| run | block LPIPS 1..n (first to last) |", "|---|---|"]
+    for label, run in runs.items():
+        if (run / "checkpoints").is_dir():
+            values = contribution(Sampler.from_run(run), samples)
+            lines.append(f"| {label} | {' '.join(f'{v:.3f}' for v in values)} |")
+    return lines
+
+
 def idle_seconds_per_step(arm: str, steps: int, extra: list[str]) -> float:
     """Seconds per training iteration of an arm, measured alone on one thread after 3 warm-up
     steps (run this on an otherwise idle machine: arms trained two at a time slow each other)."""
@@ -204,6 +265,69 @@ def idle_seconds_per_step(arm: str, steps: int, extra: list[str]) -> float:
     return seconds
 
 
+FINALS = {"before (72 kimg)": ["baseline-full"], "after (96 kimg)": ["after-full", "after-full-seed1"]}
+LONGER = "after-long"  # the `after` arm resumed to a longer budget in its own directory (see FINDINGS)
+
+
+def report(runs_dir: Path, out: Path, samples: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Sample quality and diversity of the embedded default (Fashion-MNIST)",
+        "",
+        "What the numbers say: [FINDINGS.md](FINDINGS.md) (written by hand).",
+        "",
+        f"Written by `python benchmarks/quality.py report` on {datetime.date.today()} at commit {_commit()}; "
+        f"the runs were trained with `python benchmarks/quality.py train ...` at commit(s) "
+        f"{trained_at(runs_dir, [p.stem for p in runs_dir.glob('*.commit')])}. Every arm is the `fmnist` preset as "
+        "it was before this study (`BEFORE` in the script) with the overrides listed in `ARMS`; the resolved "
+        "configs are in `configs/`.",
+        "",
+        "Scores: the in-repo domain metric (`gatgan eval`). FD = Fréchet distance in the evaluation "
+        "classifier's features (lower is better); recall/precision = k-NN manifolds (k = 3); consistency = "
+        "fraction of samples classified as their class; spread = mean pairwise feature distance within a class "
+        "over the real class's (1 = as diverse as the data). z-spread / real = the pixel distance between images "
+        "of one class for different z over that between real images of the class; D overfit gap = "
+        "(D(train) − D(held-out)) / (D(train) − D(fake)).",
+        "",
+        "## 1. Screen: one change at a time (32 kimg = 1,000 iterations, seed 0)",
+        "",
+        "In-training metric on 2,000 samples every 250 iterations. 's/it alone' is each arm's iteration "
+        "measured on one thread by `quality.py time`, which converts steps to wall clock.",
+        "",
+        *screen_report(runs_dir, out),
+        "",
+        "![FD during the screen](screen-fd.png) ![recall during the screen](screen-recall.png)",
+        "",
+        f"## 2. Before and after at the preset's whole budget ({samples:,} samples, truncation 1)",
+        "",
+        *final_report(runs_dir, out, FINALS, samples),
+        "",
+        "Sample grids (rows: classes; columns: seeds 0–9), before then after:",
+        "",
+        "![before](grid-baseline-full.png) ![after](grid-after-full.png)",
+        "",
+        "## 3. In-training metric against images seen",
+        "",
+        *kimg_report(out, {name: runs_dir / name for name in ("baseline-full", "after-full", "after-full-seed1",
+                                                               LONGER)},
+                     "kimg.png", "FD and recall against kimg"),
+        "",
+        "## 4. MNG at depth 8 (GAT-Mini/2, new recipe, 32 kimg)",
+        "",
+        *kimg_report(out, {name: runs_dir / name for name in ("mini-mng", "mini-mng-off")}, "mini.png",
+                     "GAT-Mini/2: MNG vs off"),
+        "",
+        *contribution_report({name: runs_dir / name for name in ("mini-mng", "mini-mng-off")}),
+        "",
+    ]
+    (out / "configs").mkdir(exist_ok=True)
+    for run in runs_dir.iterdir():
+        if (run / "config.yaml").is_file():
+            shutil.copyfile(run / "config.yaml", out / "configs" / f"{run.name}.yaml")
+    (out / "README.md").write_text("\n".join(lines))
+    print(f"wrote {out / 'README.md'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands_ = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +347,7 @@ def main() -> None:
     write = commands_.add_parser("report", help="write reports/quality/README.md")
     write.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
     write.add_argument("--out", type=Path, default=Path("reports/quality"))
+    write.add_argument("--samples", type=int, default=10000, help="samples for the final scores")
     args = parser.parse_args()
     if args.command == "train":
         run_jobs(commands(args.arms, args.runs_dir, args.full, args.seed, args.overrides), args.runs_dir, args.jobs)
@@ -235,8 +360,7 @@ def main() -> None:
             args.runs_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(timing, indent=2))
     elif args.command == "report":
-        args.out.mkdir(parents=True, exist_ok=True)
-        print("\n".join(screen_report(args.runs_dir, args.out)))
+        report(args.runs_dir, args.out, args.samples)
     else:
         for run in sorted(p for p in args.runs_dir.iterdir() if (p / "stats.jsonl").is_file()):
             points = " ".join(f"{r['step']}:{r['eval/fd']:.0f}/{r.get('eval/recall', 0):.3f}" for r in curve(run))
