@@ -53,6 +53,7 @@ class DiversityMonitor:
         real = self._decode(data.latents(indices, torch.zeros(shape)).to(device))
         self.real_spread = float(mean_pairwise_distance(real.unflatten(0, (count, num_z))).mean())
 
+    @torch.no_grad()
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(self.scaling.denormalize(latents)).clamp(-1, 1)
 
