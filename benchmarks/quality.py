@@ -3,6 +3,10 @@
     python benchmarks/quality.py train --arms baseline mng-off ...   # two at a time, one thread each
     python benchmarks/quality.py train --full --seed 1 --arms after  # the preset's whole budget
     python benchmarks/quality.py time                                # step time of every arm
+    # the longer budget: a copy of the `after` run, resumed (its run.name renamed in config.yaml)
+    cp -r runs/quality/after-full runs/quality/after-long
+    sed -i 's/name: after-full/name: after-long/' runs/quality/after-long/config.yaml
+    gatgan train -c runs/quality/after-long/config.yaml train.kimg=192
     python benchmarks/quality.py report                              # -> reports/quality/
 
 Each arm is the `fmnist` preset as it was before this study with one change (the `key=value`
@@ -24,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import _commit, run_jobs, trained_at  # noqa: E402  (a sibling script)
+from ablations import _commit, last_record, run_jobs, trained_at  # noqa: E402  (a sibling script)
 
 SCREEN = ["train.kimg=32", "eval.every=250", "train.checkpoint_every=250", "train.keep_checkpoints=0"]
 # The `fmnist` preset as it was before this study (commit 20c6f4f): every arm starts from it, so the
@@ -61,11 +65,17 @@ ARMS["mini-mng"] = ("GAT-Mini/2 (8 blocks), new recipe, exponential MNG", [*AFTE
 ARMS["mini-mng-off"] = ("GAT-Mini/2 (8 blocks), new recipe, MNG off", [*AFTER, *MINI])
 
 
-FULL = ["eval.every=250"]  # the preset's whole budget (72 kimg), evaluated as often as the screen
+FULL = ["eval.every=250"]  # the arm's whole budget (train.kimg), evaluated as often as the screen
 
 
 def run_name(arm: str, full: bool, seed: int) -> str:
     return f"{arm}{'-full' if full else ''}{f'-seed{seed}' if seed else ''}"
+
+
+# Arms whose iteration does the same work as another's (they change numbers, not shapes or passes):
+# `time` measures the one on the right.
+SAME_COST = {arm: "baseline" for arm in ("mapping-lr1", "lr2x", "gamma1", "ema-ramp", "beta2-999")} | \
+    {f"mng-off+{arm}": "mng-off" for arm in ("lr2x", "gamma1", "ema-ramp", "beta2-999")}
 
 
 def commands(arms: list[str], runs_dir: Path, full: bool, seed: int, extra: list[str]) -> dict[str, list[str]]:
@@ -79,11 +89,6 @@ def curve(run: Path) -> list[dict]:
     """The in-training metric of a run, one record per evaluation."""
     records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
     return [r for r in records if "eval/fd" in r]
-
-
-def last(run: Path, key: str) -> float | None:
-    values = [r[key] for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines()) if key in r]
-    return values[-1] if values else None
 
 
 def at_wall_clock(points: list[dict], seconds_per_step: float, budget: float, key: str) -> float | None:
@@ -119,11 +124,11 @@ def screen_report(runs_dir: Path, out: Path) -> list[str]:
     base_seconds = timing.get("baseline")
     budget = None if base_seconds is None else base_seconds * curve(runs_dir / "baseline")[-1]["step"]
     lines = ["| arm | change | s/it | step | FD | recall | precision | consistency | z-spread / real | "
-             "D overfit gap | FD, recall at the baseline's time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "D overfit gap | last FD, recall within the baseline's time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     fd_series, recall_series = {}, {}
     for arm in arms:
         run, points = runs_dir / arm, curve(runs_dir / arm)
-        end, seconds = points[-1], timing.get(arm)
+        end, seconds = points[-1], timing.get(arm, timing.get(SAME_COST.get(arm, ""), None))
         equal_time = "n/a"
         if seconds and budget:
             fd, recall = (at_wall_clock(points, seconds, budget, k) for k in ("eval/fd", "eval/recall"))
@@ -131,7 +136,7 @@ def screen_report(runs_dir: Path, out: Path) -> list[str]:
             minutes = [p["step"] * seconds / 60 for p in points]
             fd_series[arm] = (minutes, [p["eval/fd"] for p in points])
             recall_series[arm] = (minutes, [p["eval/recall"] for p in points])
-        z_spread, gap = last(run, "diversity/z_spread_vs_real"), last(run, "overfit/gap")
+        z_spread, gap = last_record(run, "diversity/z_spread_vs_real"), last_record(run, "overfit/gap")
         lines.append(f"| {arm} | {ARMS[arm][0]} | {seconds or float('nan'):.3f} | {end['step']} | {end['eval/fd']:.1f} | "
                      f"{end['eval/recall']:.3f} | {end['eval/precision']:.3f} | {100 * end['eval/consistency']:.1f}% | "
                      f"{z_spread or float('nan'):.2f} | {gap or float('nan'):.2f} | {equal_time} |")
@@ -154,7 +159,7 @@ def score_final(run: Path, metric, samples: int) -> dict:
     images = sampler.images(list(range(samples)), labels, 1.0)
     scores, per_class = metric.evaluate_nchw(nhwc_to_nchw(images), np.asarray(labels))
     return {"scores": scores, "per_class": {sampler.class_names[c]: v for c, v in per_class.items()},
-            "kimg": last(run, "kimg")}
+            "kimg": last_record(run, "kimg")}
 
 
 def save_sample_grid(run: Path, path: Path, columns: int = 10) -> None:
@@ -187,7 +192,7 @@ def final_report(runs_dir: Path, out: Path, finals: dict[str, list[str]], sample
     results["floor"] = {"scores": metric.floor,
                         "per_class": {metric.class_names[c]: v for c, v in metric.floor_per_class.items()}}
     for name, run in runs.items():
-        if results.get(name, {}).get("kimg") != last(run, "kimg"):
+        if results.get(name, {}).get("kimg") != last_record(run, "kimg"):
             print(f"scoring {name}", flush=True)
             results[name] = score_final(run, metric, samples)
             save_sample_grid(run, out / f"grid-{name}.png")
@@ -321,11 +326,10 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
         "",
         "## 3. In-training metric against images seen",
         "",
-        *kimg_report(out, {name: runs_dir / name for name in ("baseline-full", "after-full", "after-full-seed1",
-                                                               LONGER)},
-                     "kimg.png", "FD and recall against kimg"),
+        *kimg_report(out, {"before": runs_dir / "baseline-full", "after, seed 0 (resumed past 96 kimg)": runs_dir / LONGER,
+                           "after, seed 1": runs_dir / "after-full-seed1"}, "kimg.png", "FD and recall against kimg"),
         "",
-        "## 4. MNG at depth 8 (GAT-Mini/2, new recipe, 32 kimg)",
+        "## 4. MNG at depth 8 (GAT-Mini/2, new recipe, 16 kimg, seed 0)",
         "",
         *kimg_report(out, {name: runs_dir / name for name in ("mini-mng", "mini-mng-off")}, "mini.png",
                      "GAT-Mini/2: MNG vs off"),
@@ -352,7 +356,7 @@ def main() -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("overrides", nargs="*", help="extra key=value overrides for every arm (e.g. train.seed=1)")
     timing = commands_.add_parser("time", help="seconds per iteration of each arm, interleaved -> <runs-dir>/timing.json")
-    timing.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    timing.add_argument("--arms", nargs="+", default=[a for a in ARMS if a not in SAME_COST], choices=list(ARMS))
     timing.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
     timing.add_argument("--steps", type=int, default=10)
     timing.add_argument("--rounds", type=int, default=3)
