@@ -6,14 +6,27 @@ import torch
 from tinyrun import write_tiny_data, write_tiny_data_with_teacher
 
 
-@pytest.fixture(autouse=True)
-def _single_cpu_thread():
-    """The tests use tiny tensors: with two intra-op threads on a shared 2-core machine, OpenMP
-    hand-offs cost ~15 ms per matmul (far more than the work itself). Run single-threaded."""
+def _one_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_cpu_thread_for_shared_fixtures():
+    """Session- and module-scoped fixtures are built before any test's own fixtures: without this
+    they would compute with the default thread count and the tests with one, and results that
+    should be equal (features of the same images) would differ in the last bits."""
+    yield from _one_thread()
+
+
+@pytest.fixture(autouse=True)
+def _single_cpu_thread():
+    """The tests use tiny tensors: with two intra-op threads on a shared 2-core machine, OpenMP
+    hand-offs cost ~15 ms per matmul (far more than the work itself). Run single-threaded (and
+    undo any test's own thread setting)."""
+    yield from _one_thread()
 
 
 @pytest.fixture(scope="session")
