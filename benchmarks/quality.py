@@ -283,7 +283,7 @@ def seconds_per_step(arms: list[str], steps: int, rounds: int) -> dict[str, floa
 
 
 FINALS = {"before (72 kimg)": ["baseline-full"], "after (96 kimg)": ["after-full", "after-full-seed1"],
-          "after, R1/R2 every step (72 kimg)": ["after-eager-full"]}
+          "after, R1/R2 every step (72 kimg)": ["after-eager-full"], "after, resumed to 192 kimg": ["after-long"]}
 LONGER = "after-long"  # the `after` arm resumed to a longer budget in its own directory (see FINDINGS)
 
 
