@@ -48,7 +48,8 @@ class Sampler:
         projector = weights.get(PROJECTOR_OUT)  # present when G was aligned with REPA too
         G = build_generator(config.model.generator, input_size=size, channels=channels,
                             num_classes=len(card["class_names"]), num_exits=config.loss.mng.num_levels,
-                            z_dim=config.model.z_dim, mapping_lr_mult=config.model.mapping_lr_mult, teacher_dim=None if projector is None else projector.shape[0])
+                            z_dim=config.model.z_dim, mapping_lr_mult=config.model.mapping_lr_mult,
+                            teacher_dim=None if projector is None else projector.shape[0])
         G.load_state_dict(weights)
         device = torch.device(device)
         tokenizer = load_tokenizer(path.parent.parent / RUN_TOKENIZER)  # runs/<name>/checkpoints/<step>

@@ -12,7 +12,8 @@ from torch import nn
 from gatgan.data.latents import LatentDataset
 from gatgan.losses.mng import MNG
 from gatgan.tokenizers.identity import IdentityTokenizer
-from gatgan.train.diagnostics import DiversityMonitor, OverfitMonitor, held_out_images, mean_pairwise_distance
+from gatgan.eval.suite import separate_test_split
+from gatgan.train.diagnostics import DiversityMonitor, OverfitMonitor, mean_pairwise_distance
 
 
 def test_mean_pairwise_distance_matches_a_loop():
@@ -90,5 +91,5 @@ def test_overfit_gap_is_zero_for_unseen_reals_like_training_ones_and_one_for_rea
     assert memorised["overfit/r_train"] > memorised["overfit/r_held_out"]
 
 
-def test_held_out_images_only_for_data_with_a_test_split(dataset):
-    assert held_out_images(dataset) is None
+def test_only_data_with_a_separate_test_split_has_held_out_reals_for_the_overfit_monitor(dataset):
+    assert separate_test_split(dataset) is None

@@ -272,6 +272,15 @@ def tokenizer_ceiling(metric: DomainMetric, data_path: str | Path, tokenizer: To
     return metric.evaluate_nchw(round_trip(tokenizer, images, metric.device, batch_size, progress), labels, progress)
 
 
+def separate_test_split(data: LatentDataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images uint8 NCHW, labels) of a test split kept apart from the prepared data (Fashion-MNIST's
+    official one), or None when the data has none."""
+    source = data.index["source"]
+    if not source.startswith(FASHION_MNIST):
+        return None
+    return load_fashion_mnist("test", source[len(FASHION_MNIST):])
+
+
 def held_out_split(data: LatentDataset, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, test images, test labels), uint8 NCHW. Fashion-MNIST data use
     the official test split; other data hold out a seeded 10% of their images."""
@@ -279,10 +288,9 @@ def held_out_split(data: LatentDataset, seed: int = 0) -> tuple[np.ndarray, np.n
         raise ValueError(f"{data.path} was prepared with --no-images; the domain metric needs the images")
     everything = np.arange(len(data))
     images, labels = data.images(everything).numpy(), data.labels(everything).numpy()
-    source = data.index["source"]
-    if source.startswith(FASHION_MNIST):
-        test_images, test_labels = load_fashion_mnist("test", source[len(FASHION_MNIST):])
-        return images, labels, test_images, test_labels
+    separate = separate_test_split(data)
+    if separate is not None:
+        return images, labels, *separate
     test = np.random.default_rng(seed).random(len(data)) < HOLDOUT_FRACTION
     return images[~test], labels[~test], images[test], labels[test]
 

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.fashion_mnist import load_fashion_mnist
 from ..data.latents import LatentDataset
-from ..eval.suite import FASHION_MNIST
+from ..eval.suite import separate_test_split
 from ..losses.mng import MNG
 from ..models.discriminator import stack_levels
 from ..tokenizers.base import Tokenizer, to_signed_unit
@@ -67,15 +66,6 @@ class DiversityMonitor:
         return {"diversity/z_spread": z_spread, "diversity/class_spread": class_spread,
                 "diversity/z_over_class": z_spread / max(class_spread, 1e-12),
                 "diversity/z_spread_vs_real": z_spread / max(self.real_spread, 1e-12)}
-
-
-def held_out_images(data: LatentDataset) -> tuple[np.ndarray, np.ndarray] | None:
-    """Real images the discriminator never trains on (uint8 NCHW, labels), where the data has a
-    separate test split (Fashion-MNIST); None otherwise."""
-    source = data.index["source"]
-    if not source.startswith(FASHION_MNIST):
-        return None
-    return load_fashion_mnist("test", source[len(FASHION_MNIST):])
 
 
 class OverfitMonitor:

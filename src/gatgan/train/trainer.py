@@ -29,6 +29,7 @@ from ..data.card import DATA_CARD, RUN_TOKENIZER, write_data_card
 from ..data.latents import BatchSchedule, LatentDataset
 from ..data.loader import StepBatches, step_loader
 from ..encoders import Teacher, TeacherFeatures, load_teacher
+from ..eval.suite import separate_test_split
 from ..images import save_grid
 from ..losses.objective import GATObjective
 from ..losses.repa import REPAInput, REPATargets
@@ -38,7 +39,7 @@ from ..tokenizers import load_tokenizer
 from .checkpoint import latest_checkpoint, load_network, load_state, save_checkpoint
 from .config import Config, read_config, save_config
 from .distributed import DistributedEnv, init_distributed, mean_across_processes
-from .diagnostics import DiversityMonitor, OverfitMonitor, held_out_images
+from .diagnostics import DiversityMonitor, OverfitMonitor
 from .ema import EMA, ema_decay
 from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
@@ -289,7 +290,7 @@ class Trainer:
     def diagnose(self) -> dict[str, float]:
         """z-sensitivity of the EMA generator and D's overfitting (see `gatgan.train.diagnostics`)."""
         if self._diagnostics is None:
-            tokenizer, held_out = self.sampler.tokenizer, held_out_images(self.data)
+            tokenizer, held_out = self.sampler.tokenizer, separate_test_split(self.data)
             self._diagnostics = (
                 DiversityMonitor(tokenizer, self.data, self.G.z_dim, self.device),
                 None if held_out is None else OverfitMonitor(tokenizer, self.data, held_out, self.config.loss.mng,
