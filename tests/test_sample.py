@@ -1,9 +1,15 @@
+import re
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from tinyrun import TINY_CLASSES, tiny_config
 
+from gatgan.data.card import DATA_CARD
 from gatgan.sample import Sampler, class_balanced_labels, seeded_normal, write_npz
+from gatgan.train.checkpoint import (
+    BEST, CHECKPOINT_DIR, MANIFEST, DamagedCheckpointError, load_network, write_checkpoint_dir)
 from gatgan.train.trainer import train
 
 
@@ -72,3 +78,42 @@ def test_a_run_with_another_mapping_lr_multiplier_samples_what_it_trained(tiny_d
     assert sampler.generator.mapping.fc1.lr_mult == 1.0
     z, y = torch.randn(4, sampler.generator.z_dim), torch.tensor([0, 1, 2, 0])
     torch.testing.assert_close(sampler.generator.mapping(z, y), trainer.ema.model.mapping(z, y))
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of the tiny run (checkpoints 00000003 and 00000006) that a test may damage."""
+    return shutil.copytree(tiny_run, tmp_path / "tiny")
+
+
+def assert_samples_from(sampler, checkpoint):
+    expected = load_network(checkpoint, "generator_ema")
+    for name, tensor in sampler.generator.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name])
+
+
+def test_a_damaged_latest_checkpoint_falls_back_unless_asked_for(run_copy, capsys):
+    checkpoints = run_copy / CHECKPOINT_DIR
+    damaged = checkpoints / "00000006" / "generator_ema.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert_samples_from(Sampler.from_run(run_copy), checkpoints / "00000003")
+    assert f"{damaged} is damaged" in capsys.readouterr().err
+    with pytest.raises(DamagedCheckpointError, match=re.escape(str(damaged))):
+        Sampler.from_run(run_copy, checkpoints / "00000006")
+
+
+def test_a_checkpoint_without_checksums_still_samples(run_copy):
+    latest = run_copy / CHECKPOINT_DIR / "00000006"
+    (latest / MANIFEST).unlink()  # as written by an older gatgan
+    assert_samples_from(Sampler.from_run(run_copy), latest)
+
+
+def test_non_finite_weights_are_refused(run_copy):
+    weights = load_network(run_copy / CHECKPOINT_DIR / "00000006", "generator_ema")
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name][...] = float("nan")
+    best = write_checkpoint_dir(run_copy / CHECKPOINT_DIR / BEST, {"generator_ema": weights}, extra_files={
+        file: (run_copy / file).read_text() for file in ("config.yaml", DATA_CARD)})
+    with pytest.raises(ValueError, match=re.escape(f"{best / 'generator_ema.safetensors'} holds non-finite "
+                                                   f"weights ({name}: the run diverged)")):
+        Sampler.from_run(run_copy, best)

@@ -15,7 +15,7 @@ from .images import to_uint8
 from .models import Generator, build_generator
 from .tokenizers import load_tokenizer
 from .tokenizers.base import LatentScaling, Tokenizer
-from .train.checkpoint import latest_checkpoint, load_network
+from .train.checkpoint import MANIFEST, latest_checkpoint, load_network, verify_checkpoint
 from .train.config import read_config
 
 
@@ -33,10 +33,12 @@ class Sampler:
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str | Path | None = None, ema: bool = True,
                  device: str | torch.device = "cpu") -> "Sampler":
-        """`run` is a run directory (its latest checkpoint) or a checkpoint directory (a step, or
-        `checkpoints/best`, which holds only the EMA generator)."""
+        """`run` is a run directory (its newest intact checkpoint) or a checkpoint directory (a step,
+        or `checkpoints/best`, which holds only the EMA generator), whose checksums are verified."""
         path = Path(checkpoint) if checkpoint else Path(run)
-        if not (path / "config.yaml").is_file() or not (path / "generator_ema.safetensors").is_file():
+        if (path / MANIFEST).is_file() or (path / "generator_ema.safetensors").is_file():
+            verify_checkpoint(path)
+        else:
             found = latest_checkpoint(path)
             if found is None:
                 raise FileNotFoundError(f"{path} holds no checkpoint (train first with `gatgan train`)")
@@ -44,7 +46,9 @@ class Sampler:
         config = read_config(path / "config.yaml")
         card, scaling = read_data_card(path)
         channels, size = card["latent_shape"][:2]
-        weights = load_network(path, "generator_ema" if ema else "generator")
+        network = "generator_ema" if ema else "generator"
+        weights = load_network(path, network)
+        _refuse_non_finite(weights, path / f"{network}.safetensors")
         projector = weights.get(PROJECTOR_OUT)  # present when G was aligned with REPA too
         G = build_generator(config.model.generator, input_size=size, channels=channels,
                             num_classes=len(card["class_names"]), num_exits=config.loss.mng.num_levels,
@@ -85,6 +89,14 @@ class Sampler:
             latents = self.latents(seeds[start:stop], labels[start:stop], truncation, guidance)
             out.append(to_uint8(self.tokenizer.decode(self.scaling.denormalize(latents))))
         return np.concatenate(out)
+
+
+def _refuse_non_finite(weights: dict[str, torch.Tensor], source: Path) -> None:
+    """A diverged run saves NaN/inf weights that would sample blank images without any error."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{source} holds non-finite weights ({name}: the run diverged); "
+                             "pick an earlier checkpoint with --checkpoint")
 
 
 def seeded_normal(seeds: list[int], dim: int) -> torch.Tensor:

@@ -47,7 +47,7 @@ def test_a_short_run_writes_stats_samples_and_checkpoints(tiny_data, tmp_path):
     assert checkpoint.name == "00000006"
     assert {p.name for p in checkpoint.iterdir()} == {
         "generator.safetensors", "discriminator.safetensors", "generator_ema.safetensors", "state.pt", "config.yaml",
-        "data.json"}
+        "data.json", "checksums.json"}
     ema = load_network(checkpoint, "generator_ema")
     assert torch.equal(ema["w_avg"], trainer.G.w_avg)  # buffers are copied into the EMA, not averaged
     assert trainer.G.w_avg.abs().sum() > 0
