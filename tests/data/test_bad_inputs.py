@@ -193,6 +193,24 @@ def test_a_zip_with_duplicate_members_uses_the_first(tmp_path):
     assert "duplicate" in _jsonl(tmp_path / "out" / "skipped.jsonl", "reason")["cat/a.png"]
 
 
+UNSAFE_MEMBERS = {"cat/../evil.png": "unsafe path", "../outside.png": "unsafe path",
+                  "dog/../../x.png": "unsafe path", "/abs/c.png": "absolute path", "/d.png": "absolute path"}
+
+
+def test_zip_members_with_unsafe_paths_are_listed_and_never_used(tmp_path, capsys):
+    archive = tmp_path / "zips" / "src.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as z:
+        for seed, name in enumerate(["cat/a.png", "dog/b.png", *UNSAFE_MEMBERS]):
+            z.writestr(name, _encoded(seed))
+    data = _prepare(archive, tmp_path / "out")
+    assert data.class_names == ["cat", "dog"] and len(data) == 2  # no class "" (absolute) or ".."
+    skipped = _jsonl(tmp_path / "out" / "skipped.jsonl", "reason")
+    assert {name: reason.split(" (")[0] for name, reason in skipped.items()} == UNSAFE_MEMBERS
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["src.zip"]  # nothing extracted beside it
+    assert "/abs/c.png: absolute path" in capsys.readouterr().err
+
+
 def test_an_empty_class_folder_keeps_its_index(tmp_path, capsys):
     source = _good_folder(tmp_path / "src")
     (source / "crow").mkdir()  # between cat and dog

@@ -14,7 +14,7 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class _Files:
         self.top_folders: set[str] = set()  # filled by list(): top-level folders, empty ones included
 
     def list(self) -> tuple[list[str], list[Problem]]:
-        """All files (sorted) and the duplicates that were dropped."""
+        """All files (sorted) and the zip members that were dropped (duplicates, unsafe paths)."""
         if not self.is_zip:
             names = []
             for root, dirs, files in os.walk(self.path, followlinks=True):
@@ -126,6 +126,9 @@ class _Files:
         with zipfile.ZipFile(self.path) as archive:
             for position, info in enumerate(archive.infolist()):
                 name = info.filename
+                if unsafe := _unsafe_member(name):
+                    problems.append(Problem(name, unsafe))
+                    continue
                 if any(part.startswith(".") for part in PurePosixPath(name).parts):
                     continue
                 if info.is_dir():
@@ -165,6 +168,17 @@ class _Files:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_zip": None, "_zip_pid": -1}
+
+
+def _unsafe_member(name: str) -> str | None:
+    """Why a zip member's path is refused, or None. An absolute path or a `..` component could name
+    a file outside the data set if it were ever extracted, and would make a class folder named ""
+    or ".."; such members are never used, but listed, since every skipped file must be."""
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute():
+        return "absolute path (refused: it could point outside the data set)"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "unsafe path (refused: a '..' component could point outside the data set)"
+    return None
 
 
 def read_class_names(path: str | Path) -> list[str]:
