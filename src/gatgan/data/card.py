@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..files import write_if_changed
 from ..tokenizers.base import LatentScaling
 from .latents import LatentDataset
 
@@ -51,7 +52,7 @@ def write_data_card(run_dir: Path, data: LatentDataset) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(data.tokenizer_path, staging, copy_function=_link_or_copy)
         staging.rename(tokenizer)
-    path.write_text(json.dumps(card, indent=2))
+    write_if_changed(path, json.dumps(card, indent=2), "data_card.write")
 
 
 def read_data_card(checkpoint: Path) -> tuple[dict, LatentScaling]:

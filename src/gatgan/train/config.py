@@ -8,17 +8,21 @@ run directory resumes with exactly the same settings.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from ..eval.suite import METRIC_KINDS
-from ..losses.augment import DiffAugment
-from ..losses.mng import MNG
+from ..losses.augment import AUGMENTATIONS, DiffAugment
+from ..losses.mng import MNG, MNG_FORMS, MNG_SCHEDULES
 from ..losses.objective import PenaltySettings
+from ..losses.penalty import PENALTY_MODES
 from ..losses.repa import REPASettings
+from ..models.registry import MODEL_NAMES
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -91,6 +95,11 @@ class TrainConfig:
     checkpoint_every: int = 1250
     keep_checkpoints: int = 3  # older step folders are deleted; 0 keeps all
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # A step whose loss or gradient norm is not finite is not applied: the run goes back to its last
+    # checkpoint with every learning rate multiplied by divergence_lr_backoff, at most
+    # divergence_retries times per process, then stops with a message naming the step
+    divergence_retries: int = 3
+    divergence_lr_backoff: float = 0.5
 
 
 @dataclass
@@ -103,11 +112,99 @@ class EvalConfig:
     reference: str = ""  # an ADM reference batch .npz or a prepared data directory; "" = data.path
     batch_size: int = 250
 
-    def __post_init__(self) -> None:
-        if self.metric not in METRIC_KINDS:
-            raise ValueError(f"eval.metric must be one of {METRIC_KINDS}, got {self.metric!r}")
-        if self.every < 0 or self.samples < 2:
-            raise ValueError("eval.every must be >= 0 and eval.samples >= 2")
+
+# ------------------------------------------------------------------------------------ limits
+@dataclass(frozen=True)
+class Rule:
+    """What a setting accepts: `text` completes "<key> must be ...", `accepts` tests a value."""
+
+    text: str
+    accepts: Callable[[Any], bool]
+
+
+def _number(text: str, accepts: Callable[[float], bool]) -> Rule:
+    """NaN and infinities are refused everywhere: no setting means them, and they fail late (inf kimg)."""
+    return Rule(text, lambda value: math.isfinite(value) and accepts(value))
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    return Rule(f"one of {', '.join(choices)}", lambda value: value in choices)
+
+
+POSITIVE = _number("> 0", lambda v: v > 0)
+NON_NEGATIVE = _number(">= 0", lambda v: v >= 0)
+AT_LEAST_ONE = _number(">= 1", lambda v: v >= 1)
+PROBABILITY = _number("in [0, 1]", lambda v: 0 <= v <= 1)
+BELOW_ONE = _number("in [0, 1)", lambda v: 0 <= v < 1)
+UP_TO_ONE = _number("in (0, 1]", lambda v: 0 < v <= 1)
+
+# The limit of every setting that has one, by dotted key; a value outside would otherwise fail
+# late (a ZeroDivisionError mid-run) or silently train something else. For cadences ("*_every")
+# 0 means never where the comment of the field says so, and >= 1 where a run needs them.
+RULES: dict[str, Rule] = {
+    "run.name": Rule("a non-empty name", bool),
+    "data.workers": _number(">= -1 (-1: the spare cores)", lambda v: v >= -1),
+    "model.generator": _one_of(MODEL_NAMES),
+    "model.discriminator": _one_of(MODEL_NAMES),
+    "model.z_dim": AT_LEAST_ONE,
+    "model.mapping_lr_mult": POSITIVE,
+    "loss.mng.num_levels": AT_LEAST_ONE,
+    "loss.mng.schedule": _one_of(MNG_SCHEDULES),
+    "loss.mng.form": _one_of(MNG_FORMS),
+    "loss.mng.min_signal": UP_TO_ONE,
+    "loss.mng.floor": BELOW_ONE,
+    "loss.augment.policy": Rule(f"comma-separated names from {', '.join(AUGMENTATIONS)}",
+                                lambda value: set(filter(None, value.split(","))) <= set(AUGMENTATIONS)),
+    "loss.augment.color_prob": PROBABILITY,
+    "loss.augment.translation_ratio": PROBABILITY,
+    "loss.augment.cutout_ratio": PROBABILITY,
+    "loss.augment.flip_prob": PROBABILITY,
+    "loss.penalty.mode": _one_of(PENALTY_MODES),
+    "loss.penalty.sigma": POSITIVE,
+    "loss.penalty.gamma_r1": NON_NEGATIVE,
+    "loss.penalty.gamma_r2": NON_NEGATIVE,
+    "loss.penalty.every": AT_LEAST_ONE,
+    "loss.repa.weight": NON_NEGATIVE,
+    "optim.base_lr": POSITIVE,
+    "optim.base_width": AT_LEAST_ONE,
+    "optim.beta1": BELOW_ONE,
+    "optim.beta2": BELOW_ONE,
+    "optim.eps": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.grad_clip": POSITIVE,
+    "optim.ema_decay": PROBABILITY,
+    "optim.ema_kimg": NON_NEGATIVE,
+    "optim.ema_rampup": NON_NEGATIVE,
+    "train.kimg": POSITIVE,
+    "train.global_batch": AT_LEAST_ONE,
+    "train.batch_per_device": _number(">= 0 (0: global_batch / number of devices)", lambda v: v >= 0),
+    "train.seed": NON_NEGATIVE,
+    "train.precision": _one_of(("fp32", "bf16")),
+    "train.device": _one_of(("auto", "cpu", "cuda")),
+    "train.log_every": AT_LEAST_ONE,
+    "train.sample_every": AT_LEAST_ONE,
+    "train.align_every": NON_NEGATIVE,
+    "train.diagnose_every": NON_NEGATIVE,
+    "train.checkpoint_every": AT_LEAST_ONE,
+    "train.keep_checkpoints": NON_NEGATIVE,
+    "train.threads": NON_NEGATIVE,
+    "train.divergence_retries": NON_NEGATIVE,
+    "train.divergence_lr_backoff": UP_TO_ONE,
+    "eval.every": NON_NEGATIVE,
+    "eval.metric": _one_of(METRIC_KINDS),
+    "eval.samples": _number(">= 2", lambda v: v >= 2),
+    "eval.truncation": _number("a finite number", lambda v: True),
+    "eval.batch_size": AT_LEAST_ONE,
+}
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """`value`, if the setting `key` accepts it; else a ValueError naming the key, its limit and the value."""
+    rule = RULES.get(key)
+    if rule is not None and not rule.accepts(value):
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise ValueError(f"{key} must be {rule.text}, got {shown}")
+    return value
 
 
 @dataclass
@@ -121,11 +218,21 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        """Alignment and evaluation run at logging steps only; another cadence would be skipped silently."""
-        for key, every in (("train.align_every", self.train.align_every),
-                           ("train.diagnose_every", self.train.diagnose_every), ("eval.every", self.eval.every)):
-            if self.train.log_every > 0 and every % self.train.log_every:
-                raise ValueError(f"{key}={every} must be a multiple of train.log_every={self.train.log_every} "
+        """Checked whole when built, so that `gatgan train` stops before it creates or writes anything."""
+        for key in RULES:
+            check_setting(key, functools.reduce(getattr, key.split("."), self))
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        train = self.train
+        if train.batch_per_device and train.global_batch % train.batch_per_device:
+            raise ValueError(f"train.global_batch={train.global_batch} must be a multiple of "
+                             f"train.batch_per_device={train.batch_per_device}")
+        # Alignment and evaluation run at logging steps only; another cadence would be skipped silently.
+        for key, every in (("train.align_every", train.align_every), ("train.diagnose_every", train.diagnose_every),
+                           ("eval.every", self.eval.every)):
+            if every % train.log_every:
+                raise ValueError(f"{key}={every} must be a multiple of train.log_every={train.log_every} "
                                  "(it runs at logging steps)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,8 +256,8 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
             kwargs[name] = config_from_dict(type(default), value, f"{where}{name}.")
-        else:
-            kwargs[name] = _coerce(value, default, f"{where}{name}")
+        else:  # checked here too, before a section's own constructor rejects it without naming the key
+            kwargs[name] = check_setting(f"{where}{name}", _coerce(value, default, f"{where}{name}"))
     return cls(**kwargs)
 
 
@@ -196,8 +303,19 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {override!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _parse_yaml(raw, f"override {override!r}")
     return values
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """PyYAML's errors span several lines and name "<unicode string>": this one names `source` and
+    the line, in one line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +332,7 @@ def read_preset(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict[str, An
     path = resolve_preset(name_or_path).resolve()
     if path in _seen:
         raise ValueError(f"config {path} inherits itself (base chain: {' -> '.join(map(str, _seen))})")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = _parse_yaml(path.read_text(), f"config {path}") or {}
     if not isinstance(values, dict):
         raise ValueError(f"config {path} must be a mapping")
     base = values.pop("base", None)
@@ -226,10 +344,17 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
     return config_from_dict(Config, apply_overrides(values, overrides or []), "")
 
 
+def parse_config(text: str) -> Config:
+    return config_from_dict(Config, yaml.safe_load(text), "")
+
+
 def read_config(path: Path) -> Config:
-    """A config saved by `save_config` (in a run or checkpoint directory)."""
-    return config_from_dict(Config, yaml.safe_load(Path(path).read_text()), "")
+    """A config saved by `config_text` (in a run or checkpoint directory); errors name the file."""
+    try:
+        return parse_config(Path(path).read_text())
+    except (ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
-def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def config_text(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

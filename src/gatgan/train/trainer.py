@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import warnings
 import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ..data.card import DATA_CARD, RUN_TOKENIZER, write_data_card
+from ..faults import fault_point
+from ..files import write_if_changed
 from ..data.latents import BatchSchedule, LatentDataset
 from ..data.loader import StepBatches, step_loader
 from ..encoders import Teacher, TeacherFeatures, load_teacher
@@ -37,13 +39,14 @@ from ..models import build_discriminator, build_generator
 from ..sample import Sampler
 from ..tokenizers import load_tokenizer
 from .checkpoint import latest_checkpoint, load_network, load_state, save_checkpoint
-from .config import Config, read_config, save_config
+from .config import Config, config_text, parse_config
 from .distributed import DistributedEnv, init_distributed, mean_across_processes
 from .diagnostics import DiversityMonitor, OverfitMonitor
 from .ema import EMA, ema_decay
 from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
 from .optim import build_optimizer, width_aware_lr
+from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 
 # Settings that may change when a run is resumed (durations and cadences); anything else must
 # match the saved config, or the continuation would silently be a different experiment.
@@ -51,10 +54,20 @@ from .optim import build_optimizer, width_aware_lr
 # The whole eval section only measures the run, so all of it may change.
 RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.align_every", "train.diagnose_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.batch_per_device",
-                     "train.device", "data.path", "data.workers"}
+                     "train.device", "train.divergence_retries", "train.divergence_lr_backoff", "data.path",
+                     "data.workers"}
 RESUMABLE_SECTIONS = ("eval.",)
 GRID_COLUMNS = 10
 GRID_MAX_ROWS = 16
+CONFIG_FILE = "config.yaml"
+
+
+class NonFiniteStep(Exception):
+    """A step produced a non-finite gradient norm; it was not applied."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The run kept producing non-finite steps after its allowed roll-backs."""
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
@@ -102,8 +115,19 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.run_dir = config.run_dir
         self.data = LatentDataset(config.data.path)
-        self._prepare_run_dir()
+        self._lock = RunLock(self.run_dir) if self.env.is_main else None
+        try:
+            self._setup()
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def _setup(self) -> None:
+        config = self.config
         self.plan = BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, self.env.world_size)
+        # the newest intact checkpoint (damaged ones are skipped, saying so), looked up once: it is hashed
+        checkpoint = latest_checkpoint(self.run_dir, quiet=not self.env.is_main)
+        self._prepare_run_dir(checkpoint)
         self.schedule = BatchSchedule(len(self.data), self.plan.global_batch, config.train.seed)
         self.total_steps = math.ceil(config.train.kimg * 1000 / self.plan.global_batch)
         self.teacher = self._load_teacher()
@@ -111,14 +135,17 @@ class Trainer:
         repa = config.loss.repa
         targets = REPATargets(self.teacher, config.loss.augment, self.data.latent_size) if self.repa_on else None
         self.objective = GATObjective(config.loss.augment, config.loss.mng, config.loss.penalty, targets, repa.weight)
-        stream = config.train.seed * 1_000_003 + self.env.rank
-        self.noise_rng = torch.Generator(self.device).manual_seed(stream)  # z, augmentation, MNG, penalty
+        self._noise_seed = config.train.seed * 1_000_003 + self.env.rank
+        self.noise_rng = torch.Generator(self.device).manual_seed(self._noise_seed)  # z, augmentation, MNG, penalty
         self._batches, self._batches_step = None, -1
         self._monitor: AlignmentMonitor | None = None
         self._diagnostics: tuple[DiversityMonitor, OverfitMonitor | None] | None = None
         self._evaluation: InTrainingEvaluation | None = None
         self.step = 0
-        self._resume()
+        self._rollbacks = 0
+        self._resume(checkpoint)
+        if self.env.is_main:  # lines past the checkpoint (or of attempts killed before one) are redone
+            truncate_stats(self.stats_file, self.step)
         self.start_step = self.step
         # Buffers are not broadcast: the only mutable one (w_avg) is all-reduced by the generator.
         with warnings.catch_warnings():
@@ -127,13 +154,15 @@ class Trainer:
             self.D_ddp = DDP(self.D, broadcast_buffers=False)
 
     # ---------------------------------------------------------------- setup
-    def _prepare_run_dir(self) -> None:
-        saved = self.run_dir / "config.yaml"
-        if saved.is_file():
-            check_resumable(read_config(saved), self.config)
+    def _prepare_run_dir(self, copies: Path | None) -> None:
+        """Checks that a run already in the directory is this one, then writes the start-up files
+        (only what changed, atomically), restoring a damaged one from the checkpoint's copies."""
         if self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, saved)
+            saved = read_or_restore(self.run_dir / CONFIG_FILE, parse_config, copies and copies / CONFIG_FILE)
+            if saved is not None:
+                check_resumable(saved, self.config)
+            read_or_restore(self.run_dir / DATA_CARD, json.loads, copies and copies / DATA_CARD)
+            write_if_changed(self.run_dir / CONFIG_FILE, config_text(self.config), "config.write")
             write_data_card(self.run_dir, self.data)
         dist.barrier()
 
@@ -154,30 +183,49 @@ class Trainer:
                              "(or precomputed teacher features: loss.repa.precomputed=true)")
         return load_teacher(repa.teacher, self.data.path).to(self.device).eval()
 
-    def _build_networks(self) -> None:
+    def _initial_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """G and D with their initial weights, identical on every rank and at every call."""
         cfg, data = self.config, self.data
         shape = dict(input_size=data.latent_size, channels=data.latent_channels, num_classes=data.num_classes)
         teacher_dim = self.teacher.dim if self.repa_on else None
-        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.G = build_generator(cfg.model.generator, num_exits=cfg.loss.mng.num_levels, z_dim=cfg.model.z_dim,
-                                 mapping_lr_mult=cfg.model.mapping_lr_mult,
-                                 teacher_dim=teacher_dim if cfg.loss.repa.align_generator else None,
-                                 **shape).to(self.device)
-        self.D = build_discriminator(cfg.model.discriminator, num_levels=cfg.loss.mng.num_levels,
-                                     teacher_dim=teacher_dim, **shape).to(self.device)
+        torch.manual_seed(cfg.train.seed)
+        G = build_generator(cfg.model.generator, num_exits=cfg.loss.mng.num_levels, z_dim=cfg.model.z_dim,
+                            mapping_lr_mult=cfg.model.mapping_lr_mult,
+                            teacher_dim=teacher_dim if cfg.loss.repa.align_generator else None, **shape)
+        D = build_discriminator(cfg.model.discriminator, num_levels=cfg.loss.mng.num_levels,
+                                teacher_dim=teacher_dim, **shape)
+        return G.to(self.device), D.to(self.device)
+
+    def _build_networks(self) -> None:
+        cfg, o = self.config, self.config.optim
+        self.G, self.D = self._initial_networks()
         self.G.grad_checkpointing = self.D.grad_checkpointing = cfg.train.grad_checkpointing
-        self.ema = EMA(self.G, cfg.optim.ema_decay)
-        o = cfg.optim
+        self.ema = EMA(self.G, o.ema_decay)
         self.lr_G = width_aware_lr(o.base_lr, self.G.width, o.base_width, o.width_aware)
         self.lr_D = width_aware_lr(o.base_lr, self.D.width, o.base_width, o.width_aware)
+        self._build_optimizers()
+
+    def _build_optimizers(self) -> None:
+        o = self.config.optim
         betas = (o.beta1, o.beta2)
         self.opt_G = build_optimizer(self.G, self.lr_G, betas, o.eps, o.weight_decay)
         self.opt_D = build_optimizer(self.D, self.lr_D, betas, o.eps, o.weight_decay)
 
-    def _resume(self) -> None:
-        checkpoint = latest_checkpoint(self.run_dir)
+    def _reinitialise(self) -> None:
+        """Back to step 0 in place (the DDP wrappers keep their modules): initial weights, fresh
+        optimisers and noise stream."""
+        G, D = self._initial_networks()
+        self.G.load_state_dict(G.state_dict())
+        self.D.load_state_dict(D.state_dict())
+        self.ema.model.load_state_dict(G.state_dict())
+        self._build_optimizers()
+        self.noise_rng.manual_seed(self._noise_seed)
+        self.step = 0
+
+    def _resume(self, checkpoint: Path | None) -> bool:
+        """Loads `checkpoint` (None: nothing to resume); says whether it did."""
         if checkpoint is None:
-            return
+            return False
         self.G.load_state_dict(load_network(checkpoint, "generator", self.device))
         self.D.load_state_dict(load_network(checkpoint, "discriminator", self.device))
         self.ema.model.load_state_dict(load_network(checkpoint, "generator_ema", self.device))
@@ -193,7 +241,7 @@ class Trainer:
                   "the z and loss noise restart from new seeds (the data is unaffected)")
         if self.env.is_main:
             print(f"resumed from {checkpoint} at step {self.step}")
-            self._truncate_stats(self.step)
+        return True
 
     # ---------------------------------------------------------------- one iteration
     def _autocast(self):
@@ -228,8 +276,18 @@ class Trainer:
         """Gradients are all-reduced only on the last micro-batch of an accumulation."""
         return model.no_sync() if micro < self.plan.accumulation - 1 else contextlib.nullcontext()
 
-    def _optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    def _optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str,
+                        stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Clips and applies the gradients, unless their norm is not finite: then nothing is applied
+        and NonFiniteStep names the step, the network and the non-finite losses. The norm is taken
+        after the all-reduce, so every rank takes the same decision; reading it costs one device
+        synchronisation per network and step."""
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            losses = ", ".join(f"{k} = {float(v):.4g}" for k, v in stats.items() if not math.isfinite(float(v)))
+            raise NonFiniteStep(f"step {self.step + 1}: the gradient norm of {name} is {float(norm)}"
+                                + (f" ({losses})" if losses else ""))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return norm
@@ -248,7 +306,7 @@ class Trainer:
                 (loss * scale).backward()
             for k, v in micro_stats.items():
                 stats[k] += v * scale
-        stats["grad_norm/D"] = self._optimizer_step(self.D, self.opt_D)
+        stats["grad_norm/D"] = self._optimizer_step(self.D, self.opt_D, "D", stats)
 
         self.D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
         align_G = self.G.projector is not None
@@ -262,7 +320,7 @@ class Trainer:
             for k, v in micro_stats.items():
                 stats[k] += v * scale
         self.D.requires_grad_(True)
-        stats["grad_norm/G"] = self._optimizer_step(self.G, self.opt_G)
+        stats["grad_norm/G"] = self._optimizer_step(self.G, self.opt_G, "G", stats)
         self.step += 1
         o = self.config.optim
         self.ema.update(self.G, ema_decay(self.step, self.plan.global_batch, o.ema_decay, o.ema_kimg, o.ema_rampup))
@@ -272,13 +330,6 @@ class Trainer:
     @property
     def stats_file(self) -> Path:
         return self.run_dir / "stats.jsonl"
-
-    def _truncate_stats(self, step: int) -> None:
-        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
-        if self.stats_file.is_file():
-            lines = [line for line in self.stats_file.read_text().splitlines()
-                     if line.strip() and json.loads(line)["step"] <= step]
-            self.stats_file.write_text("".join(line + "\n" for line in lines))
 
     def alignment(self) -> dict[str, float]:
         """CKNNA/CKA of D's and the teacher's features (see `AlignmentMonitor`), on the main process."""
@@ -330,8 +381,13 @@ class Trainer:
                      "rng": gathered}
             networks = {"generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
                         "generator_ema": self.ema.model.state_dict()}
-            config_text = (self.run_dir / "config.yaml").read_text()
-            extra = {"config.yaml": config_text, DATA_CARD: (self.run_dir / DATA_CARD).read_text()}
+            damaged = [name for name, tensors in networks.items()
+                       if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())]
+            if damaged:  # the step checks should make this impossible; a checkpoint is never worth the risk
+                raise TrainingDiverged(f"step {self.step}: non-finite weights in {', '.join(damaged)}; "
+                                       "not saving a checkpoint")
+            extra = {CONFIG_FILE: (self.run_dir / CONFIG_FILE).read_text(),
+                     DATA_CARD: (self.run_dir / DATA_CARD).read_text()}
             save_checkpoint(self.run_dir, self.step, networks, state, extra, keep=self.config.train.keep_checkpoints)
         dist.barrier()
 
@@ -350,7 +406,17 @@ class Trainer:
         counts: dict[str, int] = defaultdict(int)  # a lazy penalty's stats exist on its own steps only
         window_steps, window_start = 0, time.time()
         while self.step < self.total_steps:
-            stats = self.train_step()
+            fault_point("train.step")
+            try:
+                stats = self.train_step()
+            except NonFiniteStep as problem:
+                self._roll_back(problem)
+                window.clear()
+                counts.clear()
+                window_steps, window_start = 0, time.time()
+                bar.n = self.step
+                bar.refresh()
+                continue
             for k, v in stats.items():
                 window[k] += float(v)
                 counts[k] += 1
@@ -370,8 +436,7 @@ class Trainer:
                 if self.env.is_main and self.config.eval.every and (self.step % self.config.eval.every == 0 or finished):
                     record |= self.evaluate()
                 if self.env.is_main:
-                    with open(self.stats_file, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_stats(self.stats_file, record)
                     bar.set_postfix({"D": f"{averaged['loss/D']:.3f}", "G": f"{averaged['loss/G']:.3f}"})
                 window.clear()
                 counts.clear()
@@ -382,15 +447,48 @@ class Trainer:
                 self.save()
         bar.close()
 
+    def _roll_back(self, problem: NonFiniteStep) -> None:
+        """Back to the last checkpoint (or the initial weights) with every learning rate multiplied by
+        train.divergence_lr_backoff; after train.divergence_retries roll-backs, TrainingDiverged."""
+        cfg = self.config.train
+        self._rollbacks += 1
+        if self._rollbacks > cfg.divergence_retries:
+            raise TrainingDiverged(f"{problem}; gave up after {cfg.divergence_retries} roll-backs with lower "
+                                   f"learning rates (train.divergence_retries). Check the data for non-finite "
+                                   f"values, lower optim.base_lr, or start from an earlier checkpoint")
+        failed_at = self.step + 1
+        # the rates in use, which hold the earlier back-offs (the restored optimisers may not)
+        rates = [[group["lr"] for group in opt.param_groups] for opt in (self.opt_G, self.opt_D)]
+        if not self._resume(latest_checkpoint(self.run_dir, quiet=not self.env.is_main)):
+            self._reinitialise()
+        for optimizer, lrs in zip((self.opt_G, self.opt_D), rates):
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr * cfg.divergence_lr_backoff
+        self._batches_step = -1  # the data restarts at the restored step
+        if self.env.is_main:
+            truncate_stats(self.stats_file, self.step)
+            print(f"{problem}: not applied. Rolled back from step {failed_at} to step {self.step} with the "
+                  f"learning rates x{cfg.divergence_lr_backoff} (roll-back {self._rollbacks} of "
+                  f"{cfg.divergence_retries})")
+
+    def release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
     def close(self) -> None:
-        """Releases the DDP wrappers. Their communication threads must be gone before the process
-        group is destroyed, or the interpreter can abort at exit (seen with gloo)."""
+        """Releases the DDP wrappers and the run directory. The wrappers' communication threads must be
+        gone before the process group is destroyed, or the interpreter can abort at exit (seen with gloo)."""
         del self.G_ddp, self.D_ddp
         self._batches = None  # stops loader workers
         gc.collect()
+        self.release_lock()
 
 
 def train(config: Config, progress: bool = True) -> Trainer:
+    """Trains to the config's duration; the returned trainer no longer holds the run directory."""
     trainer = Trainer(config, progress=progress)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        trainer.release_lock()
     return trainer
