@@ -17,13 +17,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, fault: str | None = None) -> None:
+    """`fault` names the crash point inside the write, between the new copy and the rename (see
+    `gatgan.faults`)."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        if fault:
+            fault_point(fault)
     except BaseException:
         temporary.unlink(missing_ok=True)  # e.g. a full disk: leave no debris
         raise
@@ -31,13 +35,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def write_if_changed(path: Path, text: str, fault: str) -> None:
+def write_if_changed(path: Path, text: str, fault: str | None = None) -> None:
     """Atomic replacement, skipped when the file already holds `text`, so that a restart rewrites
-    nothing. `fault` names the crash point just before the write (see `gatgan.faults`)."""
+    nothing."""
     try:
         if path.read_text() == text:
             return
     except (OSError, UnicodeDecodeError):
         pass
-    fault_point(fault)
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, fault)

@@ -94,8 +94,7 @@ def save_checkpoint(run_dir: Path, step: int, networks: dict[str, dict[str, torc
                     state: dict[str, Any], extra_files: dict[str, str] | None = None, keep: int = 0) -> Path:
     root = Path(run_dir) / CHECKPOINT_DIR
     final = write_checkpoint_dir(root / f"{step:08d}", networks, state, extra_files)
-    fault_point("checkpoint.latest")
-    atomic_write_text(root / LATEST, final.name + "\n")
+    atomic_write_text(root / LATEST, final.name + "\n", "checkpoint.latest")
     if keep > 0:
         fault_point("checkpoint.prune")
         for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())[:-keep]:
