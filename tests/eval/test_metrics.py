@@ -17,6 +17,7 @@ from gatgan.eval.metrics import (
     frechet_distance,
     inception_score,
     kernel_inception_distance,
+    density_coverage,
     precision_recall,
 )
 
@@ -187,6 +188,45 @@ def test_precision_recall_independent_of_batch_size() -> None:
     assert precision_recall(torch.from_numpy(real).float(), torch.from_numpy(fake).float()) == pytest.approx(
         results.pop(), abs=2 / 250
     )
+
+
+def _density_coverage_reference(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    radii = [sorted(math.dist(r, other) for j, other in enumerate(real) if j != i)[k - 1] for i, r in enumerate(real)]
+    inside = [[math.dist(f, r) <= radii[j] for j, r in enumerate(real)] for f in fake]
+    density = sum(map(sum, inside)) / (k * len(fake))
+    coverage = sum(any(row[j] for row in inside) for j in range(len(real))) / len(real)
+    return density, coverage
+
+
+def test_density_coverage_match_brute_force_loop_and_do_not_depend_on_the_blocking() -> None:
+    rng = np.random.default_rng(12)
+    real, fake = rng.normal(size=(40, 3)), rng.normal(size=(35, 3)) + 0.7
+    for k in (1, 3, 5):
+        expected = _density_coverage_reference(real, fake, k)
+        for batch_size in (7, 16, 10000):
+            assert density_coverage(real, fake, k=k, batch_size=batch_size) == pytest.approx(expected, rel=1e-12)
+        assert 0 < expected[1] < 1  # the check is not vacuous
+
+
+def test_coverage_sees_the_spread_that_recall_misses_in_tight_clusters() -> None:
+    """Fakes in tight clusters around reals spread all over the data: recall, whose balls are the
+    fakes' own (tiny) ones, is near 0; coverage, whose balls are the reals', sees the spread. A set
+    collapsed to one region is low on both."""
+    rng = np.random.default_rng(13)
+    real = rng.normal(size=(2000, 4))
+    centres = real[rng.choice(2000, 500, replace=False)]
+    clustered = np.repeat(centres, 4, axis=0) + 0.001 * rng.normal(size=(2000, 4))
+    _, recall = precision_recall(real, clustered)
+    _, coverage = density_coverage(real, clustered)
+    assert recall < 0.35 and coverage > 0.6
+    _, collapsed = density_coverage(real, 0.1 * rng.normal(size=(2000, 4)) + 2.0)
+    assert collapsed < 0.1
+
+
+def test_density_coverage_identical_distributions() -> None:
+    rng = np.random.default_rng(14)
+    density, coverage = density_coverage(rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4)))
+    assert density == pytest.approx(1.0, abs=0.1) and coverage > 0.9
 
 
 def test_precision_recall_identical_distributions() -> None:

@@ -85,7 +85,8 @@ def test_inception_reference_from_data_is_cached_and_scores_its_own_images_perfe
     chosen = np.sort(np.random.default_rng(0).choice(40, 12, replace=False))
     scores = InceptionMetric(inception, reference).score(images[chosen])
     assert abs(scores["fid"]) < 1e-3 and scores["precision"] == 1.0 and scores["recall"] == 1.0
-    assert set(scores) == {"fid", "precision", "recall", "kid", "kid_std", "is", "is_std"}
+    assert scores["coverage"] == 1.0  # every real ball holds its own image
+    assert set(scores) == {"fid", "precision", "recall", "density", "coverage", "kid", "kid_std", "is", "is_std"}
 
     monkeypatch.setattr(inception, "extract", lambda *a, **k: pytest.fail("the cached reference was recomputed"))
     cached = inception_reference(data, inception, count=12, progress=False)
@@ -143,9 +144,9 @@ def test_scores_are_printed_beside_their_floor_and_ceiling():
     assert fd.split() == ["fd", "12.5000", "0.4000", "3.2500"]
     assert consistency.split() == ["consistency", "0.9000", "-", "0.8000"]
     assert format_scores({"fd": 12.5}).split() == ["fd", "12.5000"]  # no floor, no columns
-    table = format_per_class({1: {"recall": 0.5, "spread": 0.25, "consistency": 1.0}}, {1: {"recall": 0.75}},
-                             TINY_CLASSES)
-    assert table.splitlines()[1].split() == ["grey", "0.500", "0.750", "0.250", "-", "1.000"]
+    table = format_per_class({1: {"recall": 0.5, "coverage": 0.6, "spread": 0.25, "consistency": 1.0}},
+                             {1: {"recall": 0.75, "coverage": 0.9}}, TINY_CLASSES)
+    assert table.splitlines()[1].split() == ["grey", "0.500", "0.750", "0.600", "0.900", "0.250", "-", "1.000"]
 
 
 def test_per_class_spread_is_one_against_itself_and_zero_for_a_collapsed_class():

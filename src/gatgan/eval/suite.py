@@ -1,17 +1,17 @@
 """Scoring generated images against a real reference set, with either evaluation network.
 
-- `InceptionMetric` (the real stack): FID, Inception Score, precision/recall and KID from the
+- `InceptionMetric` (the real stack): FID, Inception Score, precision/recall, density/coverage and KID from the
   standard FID Inception-v3, against an ADM-style reference batch (`mu`, `sigma`, `arr_0`) or
   against statistics computed once from a prepared data set and cached beside it.
 - `DomainMetric` (the embedded stack): the same statistics in the feature space of a classifier
   that gatgan trains on the training split (never the REPA teacher, never used to train the GAN),
-  plus the class consistency of conditional samples and per-class scores (recall, precision and
-  intra-class spread against the real images of the same class), each shown next to its
+  plus the class consistency of conditional samples and per-class scores (recall, precision,
+  coverage and intra-class spread against the real images of the same class), each shown next to its
   real-vs-real floor (held-out real images scored exactly like samples) and, for a run, its
   tokenizer ceiling (the held-out images through the run's tokenizer and back, scored the same way).
 
 Both share one protocol: features of the samples -> Fréchet distance to the reference statistics,
-k-NN precision/recall and KID against a fixed reference subset of the same size.
+k-NN precision/recall, density/coverage and KID against a fixed reference subset of the same size.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from ..images import to_uint8
 from ..tokenizers.base import Tokenizer, to_signed_unit
 from .classifier import DomainClassifier, load_domain_classifier, train_domain_classifier
 from .inception import INCEPTION_ID, InceptionFeatures
-from .metrics import FeatureStatistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall
+from .metrics import (FeatureStatistics, density_coverage, frechet_distance, inception_score,
+                      kernel_inception_distance, precision_recall)
 
 METRIC_KINDS = ("auto", "domain", "inception")
 EVAL_DIR = "eval"  # inside a prepared data directory: cached classifier and reference statistics
@@ -43,6 +44,7 @@ SUBSET = 10_000  # reference images for precision/recall and KID (the ADM refere
 HOLDOUT_FRACTION = 0.1  # held-out real images when the data has no test split of its own
 FASHION_MNIST = "fashion-mnist:"
 NEIGHBOURS = 3  # k of the k-NN precision/recall, as in the ADM evaluator
+COVERAGE_NEIGHBOURS = 5  # k of density/coverage, as in their paper
 SPREAD_SUBSET = 500  # features per class for the mean pairwise distance (quadratic in this)
 CLASSIFIER_DIR, REFERENCE_FILE, FLOOR_FILE = "classifier", "reference.npz", "floor.json"
 
@@ -93,12 +95,14 @@ def _subset(features: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 
 def _nearest_statistics(reference: ReferenceSet, features: np.ndarray) -> dict[str, float]:
-    """FD to the reference statistics; precision/recall and KID against an equal-size subset."""
+    """FD to the reference statistics; precision/recall, density/coverage and KID against an
+    equal-size subset."""
     scores = {"fd": frechet_distance(FeatureStatistics.from_features(features), reference.statistics)}
     if reference.features is not None:
         count = min(len(features), len(reference.features))
         real, fake = reference.features[:count], features[:count]
-        scores["precision"], scores["recall"] = precision_recall(real, fake)
+        scores["precision"], scores["recall"] = precision_recall(real, fake, k=NEIGHBOURS)
+        scores["density"], scores["coverage"] = density_coverage(real, fake, k=COVERAGE_NEIGHBOURS)
         scores["kid"], scores["kid_std"] = kernel_inception_distance(real, fake)
     return scores
 
@@ -215,11 +219,11 @@ def classify(classifier: DomainClassifier, images_nchw: np.ndarray, device: torc
 
 def per_class_scores(reference: ReferenceSet, features: np.ndarray, labels: np.ndarray,
                      predicted: np.ndarray) -> PerClass:
-    """For each class c of `labels`: precision and recall of the features of class c against the
-    reference features of class c (equal counts), their spread (mean pairwise distance over the real
+    """For each class c of `labels`: precision, recall and coverage of the features of class c against
+    the reference features of class c (equal counts), their spread (mean pairwise distance over the real
     class's: 1 = as diverse as the real class, 0 = collapsed to one point), and the fraction the
     classifier assigns to c. A class that is dropped or collapsed barely moves the pooled scores but
-    shows here. Classes with no more than NEIGHBOURS features on either side are left out."""
+    shows here. Classes with too few features for the k-NN balls on either side are left out."""
     if reference.features is None or reference.labels is None:
         raise ValueError("per-class scores need the reference features and their labels")
     scores: PerClass = {}
@@ -227,10 +231,11 @@ def per_class_scores(reference: ReferenceSet, features: np.ndarray, labels: np.n
         mine = labels == c
         real, fake = reference.features[reference.labels == c], features[mine]
         count = min(len(real), len(fake))
-        if count <= NEIGHBOURS:
+        if count <= max(NEIGHBOURS, COVERAGE_NEIGHBOURS):
             continue
         precision, recall = precision_recall(real[:count], fake[:count], k=NEIGHBOURS)
-        scores[int(c)] = {"precision": precision, "recall": recall,
+        coverage = density_coverage(real[:count], fake[:count], k=COVERAGE_NEIGHBOURS)[1]
+        scores[int(c)] = {"precision": precision, "recall": recall, "coverage": coverage,
                           "spread": _mean_distance(fake) / _mean_distance(real),
                           "consistency": float(np.mean(predicted[mine] == c)), "count": int(mine.sum())}
     return scores
@@ -300,17 +305,18 @@ def domain_metric(data_path: str | Path, device: torch.device | str = "cpu", pro
     """The embedded metric of a prepared data set. The first call trains the classifier on the
     training split and embeds the reference and held-out images; the result is cached in
     <data>/eval/domain/ (delete it to retrain). A cache from before the per-class scores (its
-    reference has no labels) gets its labelled reference and per-class floor from its own classifier."""
+    reference has no labels) or before density/coverage gets its labelled reference and its floor
+    again from its own classifier, so that earlier scores stay comparable."""
     data = LatentDataset(data_path)
     directory = data.path / EVAL_DIR / DOMAIN_DIR
     if (directory / FLOOR_FILE).is_file():
         classifier = load_domain_classifier(directory / CLASSIFIER_DIR)
         reference = ReferenceSet.load(directory / REFERENCE_FILE)
-        if reference.labels is None:
-            print(f"adding class labels to the cached reference in {directory} (once)")
+        record = json.loads((directory / FLOOR_FILE).read_text())
+        if reference.labels is None or "coverage" not in record["floor"]:
+            print(f"adding class labels and coverage to the cached reference and floor in {directory} (once)")
             return _reference_and_floor(directory, data.class_names, classifier, held_out_split(data, seed), seed,
                                         device, progress)
-        record = json.loads((directory / FLOOR_FILE).read_text())
         floor_per_class = {int(c): scores for c, scores in record["per_class"].items()}
         return DomainMetric(classifier, reference, record["floor"], floor_per_class, data.class_names, device)
     split = held_out_split(data, seed)
@@ -390,8 +396,9 @@ def format_scores(scores: dict[str, float], floor: dict[str, float] | None = Non
 
 
 def format_per_class(per_class: PerClass, floor: PerClass, class_names: list[str]) -> str:
-    """A compact table of each class's recall and spread beside the floor's, and its consistency."""
-    columns = (("recall", per_class, "recall"), ("floor recall", floor, "recall"), ("spread", per_class, "spread"),
+    """A compact table of each class's recall, coverage and spread beside the floor's, and its consistency."""
+    columns = (("recall", per_class, "recall"), ("floor recall", floor, "recall"), ("coverage", per_class, "coverage"),
+               ("floor coverage", floor, "coverage"), ("spread", per_class, "spread"),
                ("floor spread", floor, "spread"), ("consistency", per_class, "consistency"))
     width = max(map(len, ["class", *class_names])) + 2
     lines = [f"{'class':<{width}}" + "".join(f"{title:>14}" for title, _, _ in columns)]
