@@ -78,3 +78,35 @@ def test_eval_of_a_run_reports_the_tokenizer_ceiling_and_per_class_scores(domain
     assert "ceiling" not in without and "tokenizer ceiling" not in capsys.readouterr().out
     assert all(set(scores) == {"samples", "floor"} for scores in without["per_class"].values())
     assert without["scores"] == result["scores"]
+
+
+def test_train_without_a_preset_refuses_other_data(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["train", f"data.path={tmp_path}"])
+    assert exit_code.value.code == 2
+    assert "no preset: pass -c" in capsys.readouterr().err
+
+
+def test_preparing_images_needs_an_explicit_vae(tmp_path, capsys):
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        main(["prepare", "--source", str(tmp_path / "images"), "--out", str(tmp_path / "out")])
+    assert "--vae is required with --source" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_shipped_preset_loads_and_the_imagenet_ones_are_the_papers_recipe():
+    from gatgan.train.config import PRESET_DIR, load_config
+
+    for path in sorted(PRESET_DIR.rglob("*.yaml")):
+        load_config(path.relative_to(PRESET_DIR).with_suffix("").as_posix())
+    names = set()
+    for size, kimg in (("s-2", 25600), ("s-4", 25600), ("b-2", 25600), ("l-2", 25600), ("xl-2", 76800)):
+        config = load_config(f"imagenet256/gat-{size}")
+        names.add(config.run.name)
+        assert config.model.generator == config.model.discriminator == f"GAT-{size.upper().replace('-', '/')}"
+        assert (config.train.global_batch, config.train.kimg, config.train.precision) == (512, kimg, "bf16")
+        assert config.loss.repa.teacher.startswith("dinov2_vitb14:") and config.loss.repa.weight == 1.0
+        assert (config.optim.ema_decay, config.optim.ema_kimg, config.loss.mng.num_levels) == (0.999, 0, 4)
+        assert (config.eval.every, config.eval.samples, config.eval.metric) == (2500, 5000, "inception")
+    assert len(names) == 5  # each its own run

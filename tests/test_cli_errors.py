@@ -61,7 +61,7 @@ def test_a_refused_write_is_one_line_naming_the_file_and_what_to_do(tiny_data, t
         raise OSError(code, os.strerror(code), str(file))
 
     monkeypatch.setattr("gatgan.train.trainer.write_data_card", refuse)
-    line = _fail(["train", *tiny_overrides(tiny_data, tmp_path)], capsys)
+    line = _fail(["train", "-c", "fmnist", *tiny_overrides(tiny_data, tmp_path, **{"loss.repa.teacher": ""})], capsys)
     assert line.startswith(f"gatgan train: error: {expected.format(file=file)}")
 
 
@@ -70,7 +70,7 @@ def test_a_read_only_run_dir_is_one_line(tiny_data, tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     try:
-        line = _fail(["train", *tiny_overrides(tiny_data, locked / "runs")], capsys)
+        line = _fail(["train", "-c", "fmnist", *tiny_overrides(tiny_data, locked / "runs")], capsys)
     finally:
         locked.chmod(0o755)
     assert "permission denied" in line and str(locked) in line and "choose another run.dir" in line

@@ -23,7 +23,12 @@ def _prepare(args: argparse.Namespace) -> None:
                              moments_dtype=args.moments_dtype, latent_norm=args.latent_norm, seed=args.seed,
                              teacher_features=args.teacher_features,
                              batch_size=args.batch_size, workers=args.workers, device=args.device)
-    vae = dict(vae=args.vae or DEFAULT_VAE, vae_subfolder=args.vae_subfolder, vae_config=args.vae_config)
+    vae = dict(vae=args.vae, vae_subfolder=args.vae_subfolder, vae_config=args.vae_config)
+    needs_vae = args.source is not None and (is_repa_layout(args.source) or (args.tokenizer or "sd_vae") == "sd_vae")
+    if needs_vae and args.vae is None:  # a hub id would download: only when the user names one
+        raise ValueError(f"--vae is required with --source: a local SD-VAE (e.g. `hf download {DEFAULT_VAE} "
+                         f"--local-dir /models/sd-vae-ft-mse`, then --vae /models/sd-vae-ft-mse), or the hub id "
+                         f"--vae {DEFAULT_VAE} to download it")
     if args.source is None:
         tokenizer = args.tokenizer or "small_vae"
         out = args.out or f"data/fmnist-{'vae' if tokenizer == 'small_vae' else 'pixels'}"
@@ -47,7 +52,13 @@ def _train(args: argparse.Namespace) -> None:
     from .train.distributed import shutdown_distributed
     from .train.trainer import Trainer
 
-    config = load_config(args.config, args.overrides)  # validated before anything is created or written
+    preset = args.config
+    if preset is None:  # the embedded default, but never silently for other data
+        if any(override.startswith("data.path=") for override in args.overrides):
+            raise ValueError("data.path is set but no preset: pass -c (e.g. -c imagenet256/gat-b-2, or your YAML); "
+                             "without -c gatgan train uses the fmnist preset, whose settings are for Fashion-MNIST")
+        preset = "fmnist"
+    config = load_config(preset, args.overrides)  # validated before anything is created or written
     try:
         trainer = Trainer(config)
         try:
@@ -63,6 +74,7 @@ def _sample(args: argparse.Namespace) -> None:
     from .sample import Sampler, class_balanced_labels, write_npz
 
     sampler = Sampler.from_run(args.run, args.checkpoint, ema=not args.no_ema, device=args.device)
+    sampler.guidance_form = args.guidance_form
     num_classes = len(sampler.class_names)
     if args.classes:
         chosen = [sampler.class_index(c.strip()) for c in args.classes.split(",")]
@@ -111,6 +123,7 @@ def _eval(args: argparse.Namespace) -> None:
         images, labels = read_npz(args.samples)
     else:
         sampler = Sampler.from_run(args.run, checkpoint, ema=not args.no_ema, device=args.device)
+        sampler.guidance_form = args.guidance_form
         count = len(sampler.class_names)
         labels = class_balanced_labels(args.num, count) if args.labels == "balanced" else \
             random_labels(args.num, count, args.seed)
@@ -216,6 +229,18 @@ def finite_floats(text: str) -> tuple[float, ...]:
     return tuple(finite_float(part) for part in text.split(","))
 
 
+DEVICE_HELP = "auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N"
+
+
+def device_argument(text: str) -> str:
+    """`auto` resolved when the arguments are read; anything else is passed to torch as it is."""
+    if text != "auto":
+        return text
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def warn_about_extrapolation(args: argparse.Namespace) -> None:
     """Truncation outside [0, 1] is allowed (a known trick) but leaves the segment between the class
     mean (0) and the sampled w (1): say so, since images get worse without any error."""
@@ -232,9 +257,13 @@ def add_generation_arguments(parser: argparse.ArgumentParser, truncation: float,
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     parser.add_argument("--truncation", type=finite_float, default=truncation, help=truncation_help)
     parser.add_argument("--guidance", type=finite_float, default=1.0, help="w-space guidance scale (1 = none)")
+    parser.add_argument("--guidance-form", choices=["intended", "authors"], default="intended",
+                        help="intended: w_null averages each z's style over the classes, guidance before "
+                             "truncation; authors: their code as run (w_null normalised over the class axis, "
+                             "truncation first)")
     parser.add_argument("--batch-size", type=positive_int, default=500)
     parser.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
 
 
 def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
@@ -267,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--tokenizer", choices=["small_vae", "sd_vae", "identity"],
                          help="latent space: small_vae (built-in, Fashion-MNIST; default there), sd_vae (default "
                               "for images), or identity (pixels)")
-    prepare.add_argument("--vae", help="SD-VAE: a diffusers directory, a single weights file, or a hub id "
-                                       "(default stabilityai/sd-vae-ft-mse)")
+    prepare.add_argument("--vae", help="SD-VAE (required with --source): a diffusers directory, a single weights "
+                                       "file, or a hub id such as stabilityai/sd-vae-ft-mse (downloaded)")
     prepare.add_argument("--vae-subfolder", help="sub-folder of --vae holding the VAE (e.g. 'vae' of a pipeline)")
     prepare.add_argument("--vae-config", help="diffusers config (directory or hub id) for a single-file --vae")
     prepare.add_argument("--resolution", type=positive_int, default=256, help="centre-crop size, a power of two")
@@ -300,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train (or resume) a GAT run; works under torchrun",
                                 epilog="example: gatgan train -c fmnist train.kimg=3000 run.name=longer")
-    train.add_argument("-c", "--config", default="fmnist", help="preset name (see configs/) or YAML path")
+    train.add_argument("-c", "--config", help="preset name (see configs/, e.g. fmnist, imagenet256/gat-xl-2) or "
+                                                "YAML path; default fmnist, the embedded Fashion-MNIST run")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.kimg=500")
     train.set_defaults(func=_train)
 
@@ -362,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyses.add_argument("--truncation-samples", type=positive_int, default=2000,
                           help="samples per truncation value")
     add_metric_arguments(analyses)
-    analyses.add_argument("--device", default="cpu")
+    analyses.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
     analyses.set_defaults(func=_analyze)
 
     models = commands.add_parser("models", help="list the named model sizes")

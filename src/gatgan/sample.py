@@ -29,6 +29,7 @@ class Sampler:
     scaling: LatentScaling
     class_names: list[str]
     device: torch.device
+    guidance_form: str = "intended"  # or "authors" (see `Generator.forward`)
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str | Path | None = None, ema: bool = True,
@@ -75,7 +76,7 @@ class Sampler:
                 guidance: float = 1.0) -> torch.Tensor:
         z = seeded_normal(seeds, self.generator.z_dim).to(self.device)
         y = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        return self.generator(z, y, truncation=truncation, guidance=guidance)
+        return self.generator(z, y, truncation=truncation, guidance=guidance, guidance_form=self.guidance_form)
 
     @torch.no_grad()
     def images(self, seeds: list[int], labels: list[int], truncation: float = 1.0, guidance: float = 1.0,

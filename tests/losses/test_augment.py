@@ -157,6 +157,60 @@ def test_color_jitter_applies_brightness_saturation_contrast_to_selected_samples
         torch.testing.assert_close(out[b], v, rtol=1e-5, atol=1e-5)
 
 
+def authors_colour_reference(levels: torch.Tensor, params: AugmentParams, reference: torch.Tensor) -> torch.Tensor:
+    """The authors' colour op written out per level and sample from their closed form: both means are
+    the reference image's, taken before brightness."""
+    out = levels.clone()
+    for k in range(levels.shape[0]):
+        for b in range(levels.shape[1]):
+            if not params.color[b]:
+                continue
+            pixel_mean = reference[b].mean(0, keepdim=True)
+            mean = reference[b].mean()
+            v = levels[k, b] + params.brightness[b]
+            v = (v - pixel_mean) * params.saturation[b] + pixel_mean
+            out[k, b] = (v - mean) * params.contrast[b] + mean
+    return out
+
+
+def test_authors_colour_uses_the_last_levels_means_from_before_brightness_on_every_level():
+    torch.manual_seed(1)
+    augment = DiffAugment(policy="color", color="authors")
+    levels = torch.randn(3, 8, 4, 5, 5)
+    params = sample(augment, 8, 5)
+    torch.testing.assert_close(augment(levels, params), authors_colour_reference(levels, params, levels[-1]))
+    # the fixed form differs wherever the colour op applies
+    changed = params.color.nonzero().flatten()
+    fixed = DiffAugment(policy="color")(levels, params)
+    assert not torch.allclose(fixed[:, changed], augment(levels, params)[:, changed])
+
+
+def test_authors_colour_replays_the_clean_means_on_a_perturbed_copy():
+    torch.manual_seed(2)
+    augment = DiffAugment(policy="color", color="authors")
+    clean = torch.randn(6, 4, 5, 5)
+    perturbed = clean + 0.01 * torch.randn_like(clean)
+    params = sample(augment, 6, 5)
+    out = augment(perturbed[None], params, means_from=clean)
+    torch.testing.assert_close(out, authors_colour_reference(perturbed[None], params, clean))
+
+
+def test_authors_colour_scales_the_brightness_offset_by_saturation_and_contrast():
+    """On a blank image the fixed form adds b (std 1/sqrt(12) = 0.289); the authors' form adds b·s·c
+    (std sqrt(1/12 · 4/3 · 13/12) = 0.347)."""
+    blank = torch.zeros(1, 1000, 1, 2, 2)
+    for form, offset in (("fixed", lambda p: p.brightness), ("authors", lambda p: p.brightness * p.saturation * p.contrast)):
+        augment = DiffAugment(policy="color", color_prob=1.0, color=form)
+        params = sample(augment, 1000, 2)
+        out = augment(blank, params)
+        torch.testing.assert_close(out, offset(params).view(1, -1, 1, 1, 1).expand_as(out))
+
+
+def test_unknown_colour_form_raises():
+    with pytest.raises(ValueError, match="loss.augment.color"):
+        DiffAugment(color="mine")
+
+
 def test_colour_parameter_ranges():
     p = sample(DiffAugment(), 20_000, 8)
     assert -0.5 <= p.brightness.min() < -0.49 and 0.49 < p.brightness.max() < 0.5

@@ -165,6 +165,32 @@ def test_guidance_extrapolates_from_the_class_averaged_w_of_the_same_z():
         torch.testing.assert_close(G(z, y, guidance=1.0), G.synthesize(w), rtol=0, atol=0)
 
 
+def test_authors_guidance_normalises_over_the_class_axis_and_truncates_first():
+    """Their w_null, written out: z repeated over the classes and the class table, each normalised
+    over the class axis (z becomes about sign(z)); their order: truncate, then guide."""
+    G = make_generator()
+    _randomise_w_avg(G)
+    z, y = inputs()
+    mapping = G.mapping
+    with torch.no_grad():
+        table = mapping.class_embed.weight
+        embeds = table / table.square().mean(0, keepdim=True).add(1e-8).sqrt()  # per channel, over classes
+        w_null = []
+        for zi in z:
+            signs = zi / (zi.square() + 1e-8).sqrt()  # one z repeated: its RMS over classes is |z_j|
+            h = torch.cat([signs.expand(CLASSES, -1), embeds], dim=1)
+            w_null.append(mapping.fc2(nn.functional.silu(mapping.fc1(h))).mean(0))
+        w_null = torch.stack(w_null)
+        truncated = G.truncate(G.mapping(z, y), y, 0.7)
+        expected = G.synthesize(w_null + 2.0 * (truncated - w_null))
+        torch.testing.assert_close(G(z, y, truncation=0.7, guidance=2.0, guidance_form="authors"), expected,
+                                   rtol=1e-4, atol=1e-5)
+        intended = G(z, y, truncation=0.7, guidance=2.0)
+        assert not torch.allclose(intended, expected, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="guidance form"):
+        G(z, y, guidance=2.0, guidance_form="mine")
+
+
 def test_update_w_avg_is_a_beta_0995_ema_of_present_classes_only():
     G = make_generator()
     assert G.w_avg_beta == 0.995

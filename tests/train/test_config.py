@@ -50,7 +50,7 @@ OUT_OF_RANGE = {
     "model.z_dim": "0", "model.mapping_lr_mult": "0",
     "loss.mng.num_levels": "0", "loss.mng.schedule": "cosine", "loss.mng.form": "sideways",
     "loss.mng.min_signal": "0", "loss.mng.floor": "1", "loss.augment.policy": "color,zoom",
-    "loss.augment.color_prob": "1.5", "loss.augment.translation_ratio": "-0.1", "loss.augment.cutout_ratio": "2",
+    "loss.augment.color_prob": "1.5", "loss.augment.color": "mine", "loss.augment.translation_ratio": "-0.1", "loss.augment.cutout_ratio": "2",
     "loss.augment.flip_prob": "-1", "loss.penalty.mode": "r3", "loss.penalty.sigma": "0",
     "loss.penalty.gamma_r1": "-0.1", "loss.penalty.gamma_r2": "-1", "loss.penalty.every": "0",
     "loss.repa.weight": "-1",

@@ -33,9 +33,12 @@ _FEATURES = ("2048", "logits_unbiased")
 _ERROR_LINE_CHARS = 300
 
 
-def _missing_file_error(path: str | os.PathLike | None) -> FileNotFoundError:
+def check_inception_file(path: str | os.PathLike | None) -> None:
+    """FileNotFoundError, saying where to get the weights, unless `path` is a file."""
+    if path is not None and os.path.isfile(path):
+        return
     where = "no path was given" if path is None else f"there is no file at {os.fspath(path)}"
-    return FileNotFoundError(
+    raise FileNotFoundError(
         f"The FID Inception-v3 weights are needed ({where}): torch-fidelity's {INCEPTION_FILE}. "
         f"It is never downloaded automatically; fetch {INCEPTION_URL} on a machine with internet access "
         "and pass its path with --inception (config key eval.inception)."
@@ -112,8 +115,7 @@ class InceptionFeatures:
         FileNotFoundError (saying where to get the file) when ``path`` is None or missing;
         ValueError when the file is not these weights.
         """
-        if path is None or not os.path.isfile(path):
-            raise _missing_file_error(path)
+        check_inception_file(path)
         device = torch.device(device)
         network = _load_network(_read_state_dict(path), path)
         return cls(network.to(device), device)

@@ -3,6 +3,17 @@
 Parameters are drawn once per sample (`sample`) and applied separately (`__call__`), because the
 same draw must be reused: across the K MNG levels of a sample, and by the perturbed copy of the
 approximated gradient penalty. Every operation is differentiable in x.
+
+The colour operation has two forms (`color`):
+- "fixed" (the default): DiffAugment's colour jitter, each step on the current image: brightness
+  b is added, the saturation s scales around the per-pixel channel mean of the brightened image,
+  the contrast c around its global mean. The effective brightness offset is b.
+- "authors": the authors' code as it runs (REFERENCE §8). Both means are taken from a reference
+  image *before* brightness and stored with the parameters: x1 = x + b,
+  x2 = (x1 - m_px) s + m_px, x3 = (x2 - m) c + m, so b ends up multiplied by s·c (offset std 0.346
+  instead of 0.290). The reference is the last level of the stack (for fakes the final image, whose
+  channel-mean map therefore enters the noisy levels), and the gradient penalty's perturbed copy
+  replays the clean input's means (`means_from`).
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from dataclasses import dataclass, fields
 import torch
 
 AUGMENTATIONS = ("color", "translation", "cutout", "flip")
+COLOR_FORMS = ("fixed", "authors")
 
 
 @dataclass
@@ -37,12 +49,15 @@ class DiffAugment:
     translation_ratio: float = 0.125
     cutout_ratio: float = 0.5
     flip_prob: float = 0.4
+    color: str = "fixed"  # "fixed" or "authors" (see the module docstring)
 
     def __post_init__(self) -> None:
         self.ops = [op for op in self.policy.split(",") if op]
         unknown = set(self.ops) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; choose from {AUGMENTATIONS}")
+        if self.color not in COLOR_FORMS:
+            raise ValueError(f"loss.augment.color must be one of {COLOR_FORMS}, got {self.color!r}")
 
     def sample(self, batch: int, size: int, generator: torch.Generator | None = None) -> AugmentParams:
         """Draws every operation's parameters (also those of disabled operations, so that the
@@ -65,13 +80,18 @@ class DiffAugment:
             flip=uniform(batch) < self.flip_prob,
         )
 
-    def __call__(self, x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-        """x [..., B, C, H, W]: leading dimensions (the K levels) share each sample's parameters."""
+    def __call__(self, x: torch.Tensor, params: AugmentParams, means_from: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., B, C, H, W]: leading dimensions (the K levels) share each sample's parameters.
+        `means_from` [B, C, H, W]: the image whose means the "authors" colour form uses (default:
+        the last level of x); ignored by the "fixed" form."""
         lead = x.shape[:-4]
         x = x.reshape(-1, *x.shape[-4:])  # [L, B, C, H, W]
         params = params.to(x.device)
         if "color" in self.ops:
-            x = _color(x, params)
+            if self.color == "authors":
+                x = _color_with_stored_means(x, params, x[-1] if means_from is None else means_from)
+            else:
+                x = _color(x, params)
         if "translation" in self.ops:
             x = translate(x, params.shift)
         if "cutout" in self.ops:
@@ -91,6 +111,16 @@ def _color(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     jittered = (jittered - mean) * _per_sample(p.saturation, x) + mean
     mean = jittered.mean(dim=(2, 3, 4), keepdim=True)
     jittered = (jittered - mean) * _per_sample(p.contrast, x) + mean
+    return torch.where(p.color.view(1, -1, 1, 1, 1), jittered, x)
+
+
+def _color_with_stored_means(x: torch.Tensor, p: AugmentParams, reference: torch.Tensor) -> torch.Tensor:
+    """The authors' colour op: both means from `reference` [B, C, H, W], before brightness."""
+    pixel_mean = reference.mean(dim=1, keepdim=True)[None]  # [1, B, 1, H, W]
+    global_mean = reference.mean(dim=(1, 2, 3)).view(1, -1, 1, 1, 1)
+    jittered = x + _per_sample(p.brightness, x)
+    jittered = (jittered - pixel_mean) * _per_sample(p.saturation, x) + pixel_mean
+    jittered = (jittered - global_mean) * _per_sample(p.contrast, x) + global_mean
     return torch.where(p.color.view(1, -1, 1, 1, 1), jittered, x)
 
 

@@ -56,9 +56,11 @@ class GATObjective:
         eps = torch.randn(like.shape, generator=generator, device=generator.device).to(like)
         return params, eps
 
-    def perturb(self, levels: torch.Tensor, params: AugmentParams, eps: torch.Tensor) -> torch.Tensor:
-        """[K, B, C, H, W] -> D's input [B, K*C, H, W]: augment, then MNG noise, then stack."""
-        return stack_levels(self.mng(self.augment(levels, params), eps))
+    def perturb(self, levels: torch.Tensor, params: AugmentParams, eps: torch.Tensor,
+                means_from: torch.Tensor | None = None) -> torch.Tensor:
+        """[K, B, C, H, W] -> D's input [B, K*C, H, W]: augment, then MNG noise, then stack.
+        `means_from`: the clean image whose colour means a perturbed copy replays (authors' form)."""
+        return stack_levels(self.mng(self.augment(levels, params, means_from), eps))
 
     def real_levels(self, real: torch.Tensor) -> torch.Tensor:
         return real.unsqueeze(0).expand(self.num_levels, *real.shape)
@@ -85,8 +87,8 @@ class GATObjective:
             real_delta = torch.randn(real.shape, generator=generator, device=generator.device).to(real) * settings.sigma
             fake_delta = torch.randn(fake_levels.shape, generator=generator, device=generator.device)
             fake_delta = fake_delta.to(fake_levels) * settings.sigma
-            inputs += [self.perturb(self.real_levels(real + real_delta), real_params, real_eps),
-                       self.perturb(fake_levels + fake_delta, fake_params, fake_eps)]
+            inputs += [self.perturb(self.real_levels(real + real_delta), real_params, real_eps, means_from=real),
+                       self.perturb(fake_levels + fake_delta, fake_params, fake_eps, means_from=fake_levels[-1])]
         elif mode == "exact":
             real = real.detach().requires_grad_(True)
             fake_levels = fake_levels.detach().requires_grad_(True)

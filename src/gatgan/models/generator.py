@@ -24,6 +24,7 @@ from .layers import (
 )
 
 MAPPING_LR_MULT = 0.01  # REFERENCE §2b: the mapping MLP learns 100x slower under Adam
+GUIDANCE_FORMS = ("intended", "authors")
 MODULATION_INIT_GAIN = 0.1  # REFERENCE §2b: modulation starts near (not at) zero
 
 
@@ -45,6 +46,20 @@ class MappingNetwork(nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = torch.cat([normalize_2nd_moment(z), normalize_2nd_moment(self.class_embed(y))], dim=1)
         return self.fc2(F.silu(self.fc1(h)))
+
+    def class_average(self, z: torch.Tensor, form: str = "intended") -> torch.Tensor:
+        """For each z [B, z_dim], the mean style over all classes [B, width] (guidance's w_null).
+        "authors": as their code computes it, normalising the [B, classes, dim] inputs over the class
+        axis (normalize_2nd_moment's default dim=1 there), so each repeated z becomes about sign(z)."""
+        classes = torch.arange(self.class_embed.num_embeddings, device=z.device)
+        if form == "intended":
+            return torch.stack([self(zi.expand(len(classes), -1), classes).mean(0) for zi in z])
+        if form != "authors":
+            raise ValueError(f"guidance form must be one of {GUIDANCE_FORMS}, got {form!r}")
+        zs = z[:, None].expand(-1, len(classes), -1)
+        ys = self.class_embed(classes)[None].expand(len(z), -1, -1)
+        h = torch.cat([normalize_2nd_moment(zs, dim=1), normalize_2nd_moment(ys, dim=1)], dim=-1)
+        return self.fc2(F.silu(self.fc1(h))).mean(1)
 
 
 def _modulation(width: int, chunks: int) -> nn.Sequential:
@@ -144,11 +159,10 @@ class Generator(nn.Module):
         (The authors' code uses psi_theirs = 1 - truncation.)"""
         return torch.lerp(self.w_avg[y].to(w.dtype), w, truncation)
 
-    def guide(self, w: torch.Tensor, z: torch.Tensor, scale: float) -> torch.Tensor:
-        """Guidance in w space: push w away from the class-averaged w of the same z."""
-        all_classes = torch.arange(self.num_classes, device=z.device)
-        w_null = torch.stack([self.mapping(zi.expand(self.num_classes, -1), all_classes).mean(0) for zi in z])
-        return torch.lerp(w_null, w, scale)
+    def guide(self, w: torch.Tensor, z: torch.Tensor, scale: float, form: str = "intended") -> torch.Tensor:
+        """Guidance in w space: push w away from the class-averaged w of the same z (REFERENCE §5);
+        `form` chooses how that average is computed (see `MappingNetwork.class_average`)."""
+        return torch.lerp(self.mapping.class_average(z, form), w, scale)
 
     @torch.no_grad()
     def update_w_avg(self, w: torch.Tensor, y: torch.Tensor) -> None:
@@ -195,12 +209,18 @@ class Generator(nn.Module):
         all_exits: bool = False,
         update_w_avg: bool = False,
         project: bool = False,
+        guidance_form: str = "intended",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """guidance_form "intended": guide, then truncate; "authors": their class average, and
+        truncation first, then guidance, as their code runs."""
         w = self.mapping(z, y)
         if update_w_avg:
             self.update_w_avg(w, y)
-        if guidance != 1.0:
+        guide_first = guidance_form == "intended"
+        if guidance != 1.0 and guide_first:
             w = self.guide(w, z, guidance)
         if truncation != 1.0:
             w = self.truncate(w, y, truncation)
+        if guidance != 1.0 and not guide_first:
+            w = self.guide(w, z, guidance, guidance_form)
         return self.synthesize(w, all_exits, project)

@@ -12,10 +12,11 @@ from torch import nn
 NORM_EPS = 1e-6
 
 
-def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8, dim: int = -1) -> torch.Tensor:
     """Scale each row to unit mean square, so z and the class embedding enter the mapping MLP
-    with equal weight whatever their dimensions or norms."""
-    return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps)
+    with equal weight whatever their dimensions or norms. (`dim` other than -1 only reproduces the
+    authors' guidance, see `Generator.guide`.)"""
+    return x * torch.rsqrt(x.square().mean(dim=dim, keepdim=True) + eps)
 
 
 class EqualLinear(nn.Module):

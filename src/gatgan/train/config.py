@@ -17,7 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from ..eval.suite import METRIC_KINDS
-from ..losses.augment import AUGMENTATIONS, DiffAugment
+from ..losses.augment import AUGMENTATIONS, COLOR_FORMS, DiffAugment
 from ..losses.mng import MNG, MNG_FORMS, MNG_SCHEDULES
 from ..losses.objective import PenaltySettings
 from ..losses.penalty import PENALTY_MODES
@@ -77,11 +77,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    kimg: float = 51200.0  # duration in thousands of real images (50K iterations at batch 512 ~ 20 epochs)
+    kimg: float = 51200.0  # duration in thousands of real images (100K iterations at batch 512 ~ 40 epochs)
     global_batch: int = 512  # REFERENCE §3g; independent of the number of devices
     batch_per_device: int = 0  # 0: global_batch / world_size (no accumulation)
     seed: int = 0
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPUs)
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA, like the authors' --allow-tf32 (no effect on CPUs)
     grad_checkpointing: bool = False
     device: str = "auto"  # "auto", "cpu" or "cuda"
     log_every: int = 50  # steps
@@ -156,6 +157,7 @@ RULES: dict[str, Rule] = {
     "loss.augment.policy": Rule(f"comma-separated names from {', '.join(AUGMENTATIONS)}",
                                 lambda value: set(filter(None, value.split(","))) <= set(AUGMENTATIONS)),
     "loss.augment.color_prob": PROBABILITY,
+    "loss.augment.color": _one_of(COLOR_FORMS),
     "loss.augment.translation_ratio": PROBABILITY,
     "loss.augment.cutout_ratio": PROBABILITY,
     "loss.augment.flip_prob": PROBABILITY,

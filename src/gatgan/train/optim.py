@@ -14,5 +14,7 @@ def width_aware_lr(base_lr: float, width: int, base_width: int = 768, enabled: b
 
 def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float,
                     weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; on CUDA the fused kernel (one launch for all parameters, the same update rule)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)

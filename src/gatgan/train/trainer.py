@@ -31,7 +31,8 @@ from ..files import write_if_changed
 from ..data.latents import BatchSchedule, LatentDataset
 from ..data.loader import StepBatches, step_loader
 from ..encoders import Teacher, TeacherFeatures, load_teacher
-from ..eval.suite import separate_test_split
+from ..eval.inception import check_inception_file
+from ..eval.suite import resolve_metric_kind, separate_test_split
 from ..images import save_grid
 from ..losses.objective import GATObjective
 from ..losses.repa import REPAInput, REPATargets
@@ -40,7 +41,7 @@ from ..sample import Sampler
 from ..tokenizers import load_tokenizer
 from .checkpoint import latest_checkpoint, load_network, load_state, save_checkpoint
 from .config import Config, config_text, parse_config
-from .distributed import DistributedEnv, init_distributed, mean_across_processes
+from .distributed import DistributedEnv, allow_tf32, init_distributed, mean_across_processes
 from .diagnostics import DiversityMonitor, OverfitMonitor
 from .ema import EMA, ema_decay
 from .evaluation import InTrainingEvaluation
@@ -53,9 +54,9 @@ from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 # data.path may change (data moved) because the data card of the run is checked instead.
 # The whole eval section only measures the run, so all of it may change.
 RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.align_every", "train.diagnose_every",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.batch_per_device",
-                     "train.device", "train.divergence_retries", "train.divergence_lr_backoff", "data.path",
-                     "data.workers"}
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.tf32",
+                     "train.batch_per_device", "train.device", "train.divergence_retries",
+                     "train.divergence_lr_backoff", "data.path", "data.workers"}
 RESUMABLE_SECTIONS = ("eval.",)
 GRID_COLUMNS = 10
 GRID_MAX_ROWS = 16
@@ -111,6 +112,7 @@ class Trainer:
         self.config, self.progress = config, progress
         self.env = env or init_distributed(config.train.device)
         self.device = self.env.device
+        allow_tf32(self.device, config.train.tf32)
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         self.run_dir = config.run_dir
@@ -125,12 +127,13 @@ class Trainer:
     def _setup(self) -> None:
         config = self.config
         self.plan = BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, self.env.world_size)
+        self.teacher = self._load_teacher()  # the assets are checked before anything is written
+        self._check_evaluation_assets()
         # the newest intact checkpoint (damaged ones are skipped, saying so), looked up once: it is hashed
         checkpoint = latest_checkpoint(self.run_dir, quiet=not self.env.is_main)
         self._prepare_run_dir(checkpoint)
         self.schedule = BatchSchedule(len(self.data), self.plan.global_batch, config.train.seed)
         self.total_steps = math.ceil(config.train.kimg * 1000 / self.plan.global_batch)
-        self.teacher = self._load_teacher()
         self._build_networks()
         repa = config.loss.repa
         targets = REPATargets(self.teacher, config.loss.augment, self.data.latent_size) if self.repa_on else None
@@ -195,6 +198,16 @@ class Trainer:
         D = build_discriminator(cfg.model.discriminator, num_levels=cfg.loss.mng.num_levels,
                                 teacher_dim=teacher_dim, **shape)
         return G.to(self.device), D.to(self.device)
+
+    def _check_evaluation_assets(self) -> None:
+        """The in-training FID's files, at start-up rather than at the first evaluation."""
+        evaluation = self.config.eval
+        if not (evaluation.every and self.env.is_main):
+            return
+        if evaluation.reference and not Path(evaluation.reference).exists():
+            raise FileNotFoundError(f"eval.reference={evaluation.reference}: no such file or directory")
+        if resolve_metric_kind(evaluation.metric, self.data.path) == "inception":
+            check_inception_file(evaluation.inception or None)
 
     def _build_networks(self) -> None:
         cfg, o = self.config, self.config.optim
