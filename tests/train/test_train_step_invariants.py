@@ -315,3 +315,35 @@ def test_d_step_fakes_come_from_the_trained_generator_not_the_ema(make_trainer, 
             assert (from_G - from_ema).abs().max() > 1e-2  # the perturbation makes them distinguishable
             torch.testing.assert_close(fake, from_G, rtol=1e-5, atol=1e-6,
                                        msg=lambda m: f"micro-batch {micro}: the D step's fakes are not G's: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. One generator forward per iteration is the two-pass step
+# ---------------------------------------------------------------------------------------------
+
+def test_a_single_generator_pass_trains_exactly_like_two_passes(make_trainer):
+    """The D step's fakes taken (detached) from the G step's forward: same losses, same weights."""
+    single = make_trainer("single")
+    double = make_trainer("double", **{"train.single_generator_pass": False})
+    for _ in range(3):
+        a, b = single.train_step(), double.train_step()
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    for (name, p), q in zip(single.G.named_parameters(), double.G.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(single.G.w_avg, double.G.w_avg)
+
+
+def test_a_single_generator_pass_runs_the_generator_once_and_feeds_d_its_output(make_trainer, monkeypatch):
+    trainer = make_trainer()
+    outputs, d_fakes = [], []
+    handle = trainer.G.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
+    wrap_method(monkeypatch, trainer.objective, "discriminator_loss",
+                lambda D, real, fake, y, *a, **k: d_fakes.append(fake.clone()))
+    try:
+        trainer.train_step()
+    finally:
+        handle.remove()
+    assert len(outputs) == 1 and len(d_fakes) == 1
+    assert torch.equal(d_fakes[0], outputs[0].float())

@@ -84,6 +84,13 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPUs)
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA, like the authors' --allow-tf32 (no effect on CPUs)
     grad_checkpointing: bool = False
+    # torch.compile of every transformer block of G and D (the same maths, fewer kernels). Falls back
+    # to eager, saying so, when the compiler toolchain is missing or a block fails to compile.
+    compile: bool = False
+    timeout_minutes: float = 90.0  # collectives' timeout (the authors' 5400 s): long evaluations run on rank 0
+    # One generator forward per iteration instead of two (the same maths; without gradient
+    # accumulation only, as it holds G's activations through the D step)
+    single_generator_pass: bool = True
     device: str = "auto"  # "auto", "cpu" or "cuda"
     log_every: int = 50  # steps
     sample_every: int = 1250
@@ -192,6 +199,7 @@ RULES: dict[str, Rule] = {
     "train.threads": NON_NEGATIVE,
     "train.divergence_retries": NON_NEGATIVE,
     "train.divergence_lr_backoff": UP_TO_ONE,
+    "train.timeout_minutes": POSITIVE,
     "eval.every": NON_NEGATIVE,
     "eval.metric": _one_of(METRIC_KINDS),
     "eval.samples": _number(">= 2", lambda v: v >= 2),

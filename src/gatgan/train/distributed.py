@@ -6,7 +6,10 @@ single-process group is created on an in-memory store, so DDP and collectives be
 
 from __future__ import annotations
 
+import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +47,7 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device_preference: str = "auto") -> DistributedEnv:
+def init_distributed(device_preference: str = "auto", timeout_minutes: float = 90.0) -> DistributedEnv:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -52,7 +55,8 @@ def init_distributed(device_preference: str = "auto") -> DistributedEnv:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend, rank=rank, world_size=world_size)
+            dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                    timeout=datetime.timedelta(minutes=timeout_minutes))
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistributedEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
@@ -61,6 +65,28 @@ def init_distributed(device_preference: str = "auto") -> DistributedEnv:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def launched_ranks() -> tuple[int, int]:
+    """(rank, world size) under a launcher such as torchrun, (0, 1) without one; read from the
+    environment, so it is known before (and without) any process group."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@contextmanager
+def launched_group(device: str) -> Iterator[torch.device]:
+    """This process's device, inside the launch's process group when torchrun started several
+    processes (WORLD_SIZE > 1; each then takes cuda:LOCAL_RANK for a CUDA `device`, else the CPU).
+    Unlike training, one process creates no group and keeps `device` as given: sampling and
+    evaluation need collectives only to assemble the ranks' images."""
+    if launched_ranks()[1] == 1:
+        yield torch.device(device)
+        return
+    env = init_distributed(torch.device(device).type)
+    try:
+        yield env.device
+    finally:
+        shutdown_distributed()
 
 
 def mean_across_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -46,6 +46,7 @@ from .diagnostics import DiversityMonitor, OverfitMonitor
 from .ema import EMA, ema_decay
 from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
+from .compile import compile_blocks
 from .optim import build_optimizer, width_aware_lr
 from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 
@@ -53,10 +54,12 @@ from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 # match the saved config, or the continuation would silently be a different experiment.
 # data.path may change (data moved) because the data card of the run is checked instead.
 # The whole eval section only measures the run, so all of it may change.
-RESUMABLE_CHANGES = {"train.kimg", "train.log_every", "train.sample_every", "train.align_every", "train.diagnose_every",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.tf32",
-                     "train.batch_per_device", "train.device", "train.divergence_retries",
-                     "train.divergence_lr_backoff", "data.path", "data.workers"}
+RESUMABLE_CHANGES = {
+    "train.kimg", "train.log_every", "train.sample_every", "train.align_every", "train.diagnose_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.tf32", "train.single_generator_pass",
+    "train.compile", "train.timeout_minutes",
+    "train.batch_per_device", "train.device", "train.divergence_retries", "train.divergence_lr_backoff",
+    "data.path", "data.workers"}
 RESUMABLE_SECTIONS = ("eval.",)
 GRID_COLUMNS = 10
 GRID_MAX_ROWS = 16
@@ -110,7 +113,7 @@ class BatchPlan:
 class Trainer:
     def __init__(self, config: Config, env: DistributedEnv | None = None, progress: bool = True):
         self.config, self.progress = config, progress
-        self.env = env or init_distributed(config.train.device)
+        self.env = env or init_distributed(config.train.device, config.train.timeout_minutes)
         self.device = self.env.device
         allow_tf32(self.device, config.train.tf32)
         if config.train.threads > 0:
@@ -213,6 +216,8 @@ class Trainer:
         cfg, o = self.config, self.config.optim
         self.G, self.D = self._initial_networks()
         self.G.grad_checkpointing = self.D.grad_checkpointing = cfg.train.grad_checkpointing
+        if cfg.train.compile:
+            compile_blocks([*self.G.blocks, *self.D.blocks], self.device, announce=self.env.is_main)
         self.ema = EMA(self.G, o.ema_decay)
         self.lr_G = width_aware_lr(o.base_lr, self.G.width, o.base_width, o.width_aware)
         self.lr_D = width_aware_lr(o.base_lr, self.D.width, o.base_width, o.width_aware)
@@ -310,9 +315,20 @@ class Trainer:
         batches = self._micro_batches()
         scale = 1.0 / self.plan.accumulation
         penalize = self.step % self.config.loss.penalty.every == 0
+        align_G = self.G.projector is not None
+        # G is not updated between the two steps, so one forward can serve both: the D step takes its
+        # output detached, the G step backpropagates through it. It keeps G's activations alive during
+        # the D step, so only without accumulation (whose point is memory).
+        single_pass = self.config.train.single_generator_pass and self.plan.accumulation == 1
+        generated = []
         for micro, (real, y, z, repa_input) in enumerate(batches):  # ---- D step
-            with torch.no_grad(), self._autocast():
-                fake = self.G(z, y, all_exits=True)
+            if single_pass:
+                with self._autocast():
+                    generated.append(self.G_ddp(z, y, all_exits=True, update_w_avg=True, project=align_G))
+                fake = (generated[-1][0] if align_G else generated[-1]).detach()
+            else:
+                with torch.no_grad(), self._autocast():
+                    fake = self.G(z, y, all_exits=True)
             with self._sync_context(self.D_ddp, micro), self._autocast():
                 loss, micro_stats = self.objective.discriminator_loss(self.D_ddp, real, fake.float(), y,
                                                                       self.noise_rng, repa_input, penalize)
@@ -322,10 +338,10 @@ class Trainer:
         stats["grad_norm/D"] = self._optimizer_step(self.D, self.opt_D, "D", stats)
 
         self.D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
-        align_G = self.G.projector is not None
         for micro, (real, y, z, repa_input) in enumerate(batches):  # ---- G step, same reals and z
             with self._sync_context(self.G_ddp, micro), self._autocast():
-                out = self.G_ddp(z, y, all_exits=True, update_w_avg=True, project=align_G)
+                out = generated[micro] if single_pass else \
+                    self.G_ddp(z, y, all_exits=True, update_w_avg=True, project=align_G)
                 fake, projected = out if align_G else (out, None)
                 loss, micro_stats = self.objective.generator_loss(self.D, real, fake.float(), y, self.noise_rng,
                                                                   projected, repa_input)
