@@ -186,18 +186,19 @@ def final_report(runs_dir: Path, out: Path, finals: dict[str, list[str]], sample
         return []
     data = json.loads((next(iter(runs.values())) / "data.json").read_text())["path"]
     metric = domain_metric(data, progress=False)
-    if "ceiling" not in results:
+    if "coverage" not in results.get("ceiling", {}).get("scores", {}):  # absent, or scored before coverage
         ceiling, per_class = tokenizer_ceiling(metric, data, load_tokenizer(next(iter(runs.values())) / "tokenizer"))
         results["ceiling"] = {"scores": ceiling, "per_class": {metric.class_names[c]: v for c, v in per_class.items()}}
     results["floor"] = {"scores": metric.floor,
                         "per_class": {metric.class_names[c]: v for c, v in metric.floor_per_class.items()}}
     for name, run in runs.items():
-        if results.get(name, {}).get("kimg") != last_record(run, "kimg"):
+        scored = results.get(name, {})
+        if scored.get("kimg") != last_record(run, "kimg") or "coverage" not in scored.get("scores", {}):
             print(f"scoring {name}", flush=True)
             results[name] = score_final(run, metric, samples)
             save_sample_grid(run, out / f"grid-{name}.png")
     cache.write_text(json.dumps(results, indent=2))
-    keys = ("fd", "recall", "precision", "consistency", "recall_per_class_mean", "spread_mean")
+    keys = ("fd", "recall", "coverage", "precision", "density", "consistency", "recall_per_class_mean", "spread_mean")
     lines = ["| arm | run | kimg | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
     for arm, names in finals.items():
         for name in (n for n in names if n in results):
@@ -283,7 +284,7 @@ def seconds_per_step(arms: list[str], steps: int, rounds: int) -> dict[str, floa
 
 
 FINALS = {"before (72 kimg)": ["baseline-full"], "after (96 kimg)": ["after-full", "after-full-seed1"],
-          "after, R1/R2 every step (72 kimg)": ["after-eager-full"], "after, resumed to 192 kimg": ["after-long"]}
+          "after, R1/R2 every step (72 kimg)": ["after-eager-full"], "after, resumed longer": ["after-long"]}
 LONGER = "after-long"  # the `after` arm resumed to a longer budget in its own directory (see FINDINGS)
 
 
@@ -301,7 +302,8 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
         "configs are in `configs/`.",
         "",
         "Scores: the in-repo domain metric (`gatgan eval`). FD = Fréchet distance in the evaluation "
-        "classifier's features (lower is better); recall/precision = k-NN manifolds (k = 3); consistency = "
+        "classifier's features (lower is better); recall/precision = k-NN manifolds (k = 3); coverage/density = "
+        "k-NN balls around the real samples only (k = 5; Naeem et al. 2020); consistency = "
         "fraction of samples classified as their class; spread = mean pairwise feature distance within a class "
         "over the real class's (1 = as diverse as the data). z-spread / real = the pixel distance between images "
         "of one class for different z over that between real images of the class; D overfit gap = "

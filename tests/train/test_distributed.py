@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+import torch.distributed as dist
+
 from gatgan.train.checkpoint import latest_checkpoint, load_state
+from gatgan.train.distributed import init_distributed, process_ranks
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -26,3 +29,23 @@ def test_two_process_torchrun_run_stays_in_sync(tiny_data, tmp_path):
     state = load_state(latest_checkpoint(tmp_path / "tiny"))
     assert len(state["rng"]) == 2  # each rank's random streams are saved for an exact resume
     assert len((tmp_path / "tiny" / "stats.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, (0, 1, 0)),
+    ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3"}, (3, 8, 3)),
+    ({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1"}, (9, 16, 1)),
+    ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (2, 4, 2)),
+])
+def test_ranks_come_from_torchrun_or_slurm(environ, expected):
+    assert process_ranks(environ) == expected
+
+
+def test_several_slurm_tasks_without_a_master_address_are_refused(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    with pytest.raises(ValueError, match="MASTER_ADDR is not set"):
+        init_distributed("cpu")

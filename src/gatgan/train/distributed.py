@@ -47,15 +47,25 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def process_ranks(environ: dict[str, str] | os._Environ = os.environ) -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's variables or, for `srun` with one task per
+    device (and MASTER_ADDR set by the batch script), from SLURM's; (0, 1, 0) for a plain process."""
+    if "RANK" in environ or "SLURM_PROCID" not in environ:
+        return int(environ.get("RANK", 0)), int(environ.get("WORLD_SIZE", 1)), int(environ.get("LOCAL_RANK", 0))
+    return int(environ["SLURM_PROCID"]), int(environ.get("SLURM_NTASKS", 1)), int(environ.get("SLURM_LOCALID", 0))
+
+
 def init_distributed(device_preference: str = "auto", timeout_minutes: float = 90.0) -> DistributedEnv:
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank, world_size, local_rank = process_ranks()
     device = pick_device(device_preference, local_rank)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend, rank=rank, world_size=world_size,
+        if world_size > 1 or "MASTER_ADDR" in os.environ:
+            if "MASTER_ADDR" not in os.environ:
+                raise ValueError(f"{world_size} processes but MASTER_ADDR is not set: launch with torchrun, or set it "
+                                 "to the first node's hostname in the batch script (scripts/slurm-train.sbatch)")
+            os.environ.setdefault("MASTER_PORT", "29500")  # torchrun sets it; an srun batch script may not
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
                                     timeout=datetime.timedelta(minutes=timeout_minutes))
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
