@@ -72,17 +72,23 @@ def _train(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from .images import save_grid
     from .sample import Sampler, class_balanced_labels, write_npz
+    from .sharding import sharded_images
+    from .train.distributed import launched_group
 
-    sampler = Sampler.from_run(args.run, args.checkpoint, ema=not args.no_ema, device=args.device)
-    sampler.guidance_form = args.guidance_form
-    num_classes = len(sampler.class_names)
-    if args.classes:
-        chosen = [sampler.class_index(c.strip()) for c in args.classes.split(",")]
-        labels = [chosen[i % len(chosen)] for i in range(args.num)]
-    else:
-        labels = class_balanced_labels(args.num, num_classes)
-    seeds = [args.seed + i for i in range(args.num)]
-    images = sampler.images(seeds, labels, args.truncation, args.guidance, args.batch_size, progress=True)
+    with launched_group(args.device) as device:
+        sampler = Sampler.from_run(args.run, args.checkpoint, ema=not args.no_ema, device=device)
+        sampler.guidance_form = args.guidance_form
+        num_classes = len(sampler.class_names)
+        if args.classes:
+            chosen = [sampler.class_index(c.strip()) for c in args.classes.split(",")]
+            labels = [chosen[i % len(chosen)] for i in range(args.num)]
+        else:
+            labels = class_balanced_labels(args.num, num_classes)
+        seeds = [args.seed + i for i in range(args.num)]
+        images = sharded_images(sampler, seeds, labels, args.truncation, args.guidance, args.batch_size,
+                                progress=True)
+    if images is None:
+        return  # under torchrun, rank 0 holds every rank's images and writes the outputs
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_npz(args.out, images, labels)
@@ -103,8 +109,10 @@ def _eval(args: argparse.Namespace) -> None:
     from .eval.suite import (build_metric, format_per_class, format_scores, nhwc_to_nchw, per_class_report,
                              tokenizer_ceiling)
     from .sample import Sampler, class_balanced_labels, random_labels, read_npz
+    from .sharding import sharded_images
     from .train.checkpoint import latest_checkpoint
     from .train.config import read_config
+    from .train.distributed import launched_group, process_ranks
 
     if (args.run is None) == (args.samples is None):
         raise ValueError("give either --run (sample a trained run) or --samples (an .npz of images)")
@@ -116,19 +124,35 @@ def _eval(args: argparse.Namespace) -> None:
         data = data or read_config(checkpoint / "config.yaml").data.path
     if data is None and args.reference is None:
         raise ValueError("--samples needs --data (the prepared data the samples imitate) or --reference")
-    metric = build_metric(args.metric, data or args.reference, inception=args.inception, reference=args.reference,
-                          device=args.device)
+    rank, world_size, _ = process_ranks()
+
+    def make_metric(device):
+        return build_metric(args.metric, data or args.reference, inception=args.inception, reference=args.reference,
+                            device=device)
+
     ceiling, ceiling_per_class = {}, {}
     if args.samples:
+        if rank > 0:
+            return  # nothing to generate: under torchrun rank 0 scores the file alone
+        metric = make_metric(args.device)
         images, labels = read_npz(args.samples)
     else:
-        sampler = Sampler.from_run(args.run, checkpoint, ema=not args.no_ema, device=args.device)
-        sampler.guidance_form = args.guidance_form
-        count = len(sampler.class_names)
-        labels = class_balanced_labels(args.num, count) if args.labels == "balanced" else \
-            random_labels(args.num, count, args.seed)
-        seeds = [args.seed + i for i in range(args.num)]
-        images = sampler.images(seeds, labels, args.truncation, args.guidance, args.batch_size, progress=True)
+        # One process builds the metric first, to fail before sampling on a missing asset; under torchrun
+        # rank 0 builds it once the images are assembled, so that no rank waits for it inside a collective.
+        metric = make_metric(args.device) if world_size == 1 else None
+        with launched_group(args.device) as device:
+            sampler = Sampler.from_run(args.run, checkpoint, ema=not args.no_ema, device=device)
+            sampler.guidance_form = args.guidance_form
+            count = len(sampler.class_names)
+            labels = class_balanced_labels(args.num, count) if args.labels == "balanced" else \
+                random_labels(args.num, count, args.seed)
+            seeds = [args.seed + i for i in range(args.num)]
+            images = sharded_images(sampler, seeds, labels, args.truncation, args.guidance, args.batch_size,
+                                    progress=True)
+        if images is None:
+            return  # under torchrun, rank 0 holds every rank's images and scores them
+        if metric is None:
+            metric = make_metric(device)
         if metric.name == "domain" and not args.no_ceiling:
             ceiling, ceiling_per_class = tokenizer_ceiling(metric, data, sampler.tokenizer, args.batch_size,
                                                            progress=True)

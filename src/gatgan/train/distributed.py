@@ -77,19 +77,13 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def launched_ranks() -> tuple[int, int]:
-    """(rank, world size) under a launcher such as torchrun, (0, 1) without one; read from the
-    environment, so it is known before (and without) any process group."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 @contextmanager
 def launched_group(device: str) -> Iterator[torch.device]:
-    """This process's device, inside the launch's process group when torchrun started several
-    processes (WORLD_SIZE > 1; each then takes cuda:LOCAL_RANK for a CUDA `device`, else the CPU).
-    Unlike training, one process creates no group and keeps `device` as given: sampling and
-    evaluation need collectives only to assemble the ranks' images."""
-    if launched_ranks()[1] == 1:
+    """This process's device, inside the launch's process group when torchrun (or srun) started
+    several processes (each then takes cuda:LOCAL_RANK for a CUDA `device`, else the CPU). Unlike
+    training, one process creates no group and keeps `device` as given: sampling and evaluation
+    need collectives only to assemble the ranks' images."""
+    if process_ranks()[1] == 1:
         yield torch.device(device)
         return
     env = init_distributed(torch.device(device).type)
