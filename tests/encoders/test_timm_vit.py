@@ -313,7 +313,7 @@ def test_another_timm_vit_with_timm_format_weights(tmp_path, images, suffix):
     state = source.state_dict()
     assert "head.weight" in state
     path = tmp_path / f"vit_tiny{suffix}"
-    if suffix == "/":  # a `huggingface-cli download timm/...` directory
+    if suffix == "/":  # a `hf download timm/...` directory
         path.mkdir()
         save_file(state, str(path / "model.safetensors"))
     else:
@@ -367,7 +367,7 @@ def test_no_weights_says_what_to_download(no_network):
         TimmViTTeacher.from_spec("dinov2_vitb14")
     message = str(error.value)
     assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth" in message
-    assert "huggingface-cli download timm/vit_base_patch14_dinov2.lvd142m" in message
+    assert "hf download timm/vit_base_patch14_dinov2.lvd142m" in message
     with pytest.raises(FileNotFoundError, match="do not exist.*dinov2_vits14_reg4_pretrain.pth"):
         TimmViTTeacher.from_spec("dinov2_vits14_reg", weights="/nowhere/dinov2.pth")
     assert no_network == []
@@ -424,7 +424,7 @@ def test_a_hub_request_while_offline_fails_fast_with_download_instructions(monke
         TimmViTTeacher.from_spec("dinov2_vits14", weights="hub")
     message = str(error.value)
     assert "HF_HUB_OFFLINE" in message
-    assert "huggingface-cli download timm/vit_small_patch14_dinov2.lvd142m" in message
+    assert "hf download timm/vit_small_patch14_dinov2.lvd142m" in message
     assert "dinov2_vits14_pretrain.pth" in message
     assert time.time() - started < 10
     assert no_network == []
@@ -444,7 +444,7 @@ def test_a_failed_hub_download_says_what_to_download(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(FileNotFoundError, match="(?s)downloading them from the Hugging Face Hub failed: cannot reach "
                                                 "huggingface.co for timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
-                                                ".*huggingface-cli download timm/vit_tiny_patch16_224"):
+                                                ".*hf download timm/vit_tiny_patch16_224"):
         TimmViTTeacher.from_spec("vit_tiny_patch16_224", weights="hub")
     with pytest.raises(FileNotFoundError) as error:
         TimmViTTeacher.from_spec("vit_tiny_patch16_224", weights="hub")

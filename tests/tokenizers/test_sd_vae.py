@@ -233,7 +233,7 @@ def test_incomplete_or_mismatched_weights_are_an_error_not_random_layers(tmp_pat
 def test_a_hub_id_while_offline_fails_fast_with_download_instructions(monkeypatch, no_network):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.time()
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download gatgan-test/no-such-vae") as error:
+    with pytest.raises(FileNotFoundError, match="hf download gatgan-test/no-such-vae") as error:
         SDVAETokenizer.from_source("gatgan-test/no-such-vae", subfolder="vae")
     assert "HF_HUB_OFFLINE" in str(error.value) and "subfolder='vae'" in str(error.value)
     assert time.time() - started < 10
@@ -242,7 +242,7 @@ def test_a_hub_id_while_offline_fails_fast_with_download_instructions(monkeypatc
 
 @pytest.mark.parametrize("name", ["nowhere", "nowhere/vae.safetensors", "nowhere/a/b"])
 def test_a_missing_path_is_a_clear_error(tmp_path, name, no_network):
-    with pytest.raises(FileNotFoundError, match="does not exist.*huggingface-cli download"):
+    with pytest.raises(FileNotFoundError, match="does not exist.*hf download"):
         SDVAETokenizer.from_source(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         SDVAETokenizer.from_source(tmp_path)

@@ -84,7 +84,7 @@ def how_to_get(name: str, hub_id: str | None = None, *, offer_hub: bool = True) 
         hub_id = f"timm/{_arch(name)}.lvd142m"
     if hub_id:
         local = hub_id.split("/")[-1]
-        steps.append(f"run `huggingface-cli download {hub_id} --local-dir /path/to/{local}` where the Hub is "
+        steps.append(f"run `hf download {hub_id} --local-dir /path/to/{local}` where the Hub is "
                      f"reachable and pass weights='/path/to/{local}'")
     steps.append("pass weights= any local timm-format state dict (.safetensors/.pth/.bin) of this architecture")
     if hub_id and offer_hub:

@@ -37,7 +37,7 @@ DEFAULT_CONFIG = Path(__file__).with_name("sd_vae_ft_mse.json")
 WEIGHTS_DIR = "vae"  # the self-contained copy inside a saved tokenizer directory
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 LDM_PREFIXES = ("first_stage_model.", "vae.")  # the VAE inside a full SD checkpoint
-HOW_TO_GET = ("To get the SD VAE, run e.g. `huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir "
+HOW_TO_GET = ("To get the SD VAE, run e.g. `hf download stabilityai/sd-vae-ft-mse --local-dir "
               "/path/to/sd-vae-ft-mse` and pass that directory, or pass a single weights file such as "
               "vae-ft-mse-840000-ema-pruned.safetensors (from stabilityai/sd-vae-ft-mse-original).")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -158,7 +158,7 @@ def _load_hub(repo_id: str, subfolder: str | None) -> AutoencoderKL:
         name = repo_id.split("/")[-1]
         raise FileNotFoundError(
             f"SD VAE {repo_id!r} is not a local file or directory, and {where}: {error}\n"
-            f"Download it where the Hub is reachable with `huggingface-cli download {repo_id} "
+            f"Download it where the Hub is reachable with `hf download {repo_id} "
             f"{f'--include {subfolder}/* ' if subfolder else ''}--local-dir /path/to/{name}`, copy it here, and "
             f"pass /path/to/{name}{f' with subfolder={subfolder!r}' if subfolder else ''} instead.") from error
 

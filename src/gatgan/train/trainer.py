@@ -120,6 +120,10 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.run_dir = config.run_dir
         self.data = LatentDataset(config.data.path)
+        # the settings and assets are checked before the run directory is created or locked
+        self.plan = BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, self.env.world_size)
+        self.teacher = self._load_teacher()
+        self._check_evaluation_assets()
         self._lock = RunLock(self.run_dir) if self.env.is_main else None
         try:
             self._setup()
@@ -129,9 +133,6 @@ class Trainer:
 
     def _setup(self) -> None:
         config = self.config
-        self.plan = BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, self.env.world_size)
-        self.teacher = self._load_teacher()  # the assets are checked before anything is written
-        self._check_evaluation_assets()
         # the newest intact checkpoint (damaged ones are skipped, saying so), looked up once: it is hashed
         checkpoint = latest_checkpoint(self.run_dir, quiet=not self.env.is_main)
         self._prepare_run_dir(checkpoint)
