@@ -203,6 +203,18 @@ def _analyze(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(sorted(p.name for p in Path(args.out).iterdir()))} to {args.out}")
 
 
+def _export_model(args: argparse.Namespace) -> None:
+    from .pretrained import GAT
+
+    model = GAT.from_run(args.run, args.checkpoint)
+    out = model.save_pretrained(args.out)
+    card = model.card
+    seen = "" if card["kimg"] is None else f", {card['kimg']:g} kimg"
+    print(f"wrote {card['generator']} ({card['parameters']:,} parameters{seen}) to {out}: "
+          f"{', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(f'load it with: from gatgan import GAT; GAT.from_pretrained("{out}")')
+
+
 def _models(args: argparse.Namespace) -> None:
     import torch
 
@@ -418,6 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_metric_arguments(analyses)
     analyses.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
     analyses.set_defaults(func=_analyze)
+
+    export = commands.add_parser(
+        "export-model", help="a run's EMA generator as a self-contained folder for GAT.from_pretrained",
+        description="Writes config.json, model.safetensors (the EMA generator), tokenizer/ and a model card "
+                    "(README.md: size, images seen, data, scores, training config), loadable with "
+                    "`gatgan.GAT.from_pretrained(folder)` without the run directory.",
+        epilog="example: gatgan export-model --run runs/fmnist --out models/fmnist-gat")
+    export.add_argument("--run", required=True, help="run directory")
+    export.add_argument("--out", required=True, help="output folder (new, empty, or an earlier export)")
+    export.add_argument("--checkpoint", default="latest",
+                        help="latest (the newest intact checkpoint), best (checkpoints/best, kept by in-training "
+                             "evaluation), or a checkpoint directory")
+    export.set_defaults(func=_export_model)
 
     models = commands.add_parser("models", help="list the named model sizes")
     models.set_defaults(func=_models)

@@ -40,7 +40,7 @@ LDM_PREFIXES = ("first_stage_model.", "vae.")  # the VAE inside a full SD checkp
 HOW_TO_GET = ("To get the SD VAE, run e.g. `hf download stabilityai/sd-vae-ft-mse --local-dir "
               "/path/to/sd-vae-ft-mse` and pass that directory, or pass a single weights file such as "
               "vae-ft-mse-840000-ema-pruned.safetensors (from stabilityai/sd-vae-ft-mse-original).")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hugging Face hub id, owner/name
 
 
 def _autoencoder_kl() -> type[AutoencoderKL]:
@@ -191,7 +191,7 @@ class SDVAETokenizer(Tokenizer):
             vae = _load_directory(path, subfolder)
         elif path.is_file():
             vae = _load_single_file(path, config, subfolder)
-        elif _HUB_ID.match(str(source)) and path.suffix not in SINGLE_FILE_SUFFIXES:
+        elif HUB_ID.match(str(source)) and path.suffix not in SINGLE_FILE_SUFFIXES:
             vae = _load_hub(str(source), subfolder)
         else:
             raise FileNotFoundError(f"SD VAE source {str(source)!r} does not exist: it is not a local file or "

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -71,15 +71,19 @@ def _write_files(folder: Path, networks: dict[str, dict[str, torch.Tensor]], sta
 
 
 def write_checkpoint_dir(final: Path, networks: dict[str, dict[str, torch.Tensor]],
-                         state: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None) -> Path:
+                         state: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None,
+                         unlisted: Callable[[Path], None] | None = None) -> Path:
     """Writes one checkpoint folder atomically: into a hidden staging folder (with `checksums.json`
     last), synced, renamed. On any failure (a full disk) the staging folder is removed, so neither
-    debris nor a half checkpoint stays, and an existing `final` is kept."""
+    debris nor a half checkpoint stays, and an existing `final` is kept. `unlisted(staging)` adds
+    what the checksums should not cover (e.g. a model card meant to be edited)."""
     staging = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         _write_files(staging, networks, state, extra_files)
+        if unlisted is not None:
+            unlisted(staging)
         fault_point("checkpoint.rename")
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
