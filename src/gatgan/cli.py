@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from . import __version__
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, describe_error, fail, is_user_error, resume_note
 
 DEBUG_ENV = "GATGAN_DEBUG"  # =1: like --debug
@@ -314,6 +315,7 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatgan", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gatgan {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of an error instead of one line (also {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
