@@ -110,3 +110,11 @@ def test_every_shipped_preset_loads_and_the_imagenet_ones_are_the_papers_recipe(
         assert (config.optim.ema_decay, config.optim.ema_kimg, config.loss.mng.num_levels) == (0.999, 0, 4)
         assert (config.eval.every, config.eval.samples, config.eval.metric) == (2500, 5000, "inception")
     assert len(names) == 5  # each its own run
+
+
+def test_version(capsys):
+    from gatgan import __version__
+
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--version"])
+    assert exit_code.value.code == 0 and capsys.readouterr().out.strip() == f"gatgan {__version__}"
