@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from .data.card import RUN_TOKENIZER, read_data_card
+from .hardware import allow_tf32
 from .images import to_uint8
 from .models import Generator, build_generator
 from .tokenizers import load_tokenizer
@@ -57,6 +58,7 @@ class Sampler:
                             teacher_dim=None if projector is None else projector.shape[0])
         G.load_state_dict(weights)
         device = torch.device(device)
+        allow_tf32(device, True)  # on CUDA, as in training (train.tf32's default)
         tokenizer = load_tokenizer(path.parent.parent / RUN_TOKENIZER)  # runs/<name>/checkpoints/<step>
         return cls(G.eval().requires_grad_(False).to(device), tokenizer.eval().to(device), scaling,
                    card["class_names"], device)

@@ -28,14 +28,6 @@ class DistributedEnv:
         return self.rank == 0
 
 
-def allow_tf32(device: torch.device, enabled: bool) -> None:
-    """fp32 matmuls and convolutions in TF32 on CUDA (Ampere and later): several times faster for a
-    10-bit mantissa in the products, the authors' setting; bf16 autocast is not affected."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-
-
 def pick_device(preference: str, local_rank: int) -> torch.device:
     if preference not in ("auto", "cpu", "cuda"):
         raise ValueError(f"train.device must be auto, cpu or cuda, got {preference!r}")

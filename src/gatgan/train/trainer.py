@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..data.card import DATA_CARD, RUN_TOKENIZER, write_data_card
 from ..faults import fault_point
+from ..hardware import allow_tf32
 from ..files import write_if_changed
 from ..data.latents import BatchSchedule, LatentDataset
 from ..data.loader import StepBatches, step_loader
@@ -41,7 +42,7 @@ from ..sample import Sampler
 from ..tokenizers import load_tokenizer
 from .checkpoint import latest_checkpoint, load_network, load_state, save_checkpoint
 from .config import Config, config_text, parse_config
-from .distributed import DistributedEnv, allow_tf32, init_distributed, mean_across_processes
+from .distributed import DistributedEnv, init_distributed, mean_across_processes
 from .diagnostics import DiversityMonitor, OverfitMonitor
 from .ema import EMA, ema_decay
 from .evaluation import InTrainingEvaluation
