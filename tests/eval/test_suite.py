@@ -17,7 +17,8 @@ from gatgan.eval import suite
 from gatgan.eval.inception import InceptionFeatures
 from gatgan.eval.metrics import FeatureStatistics, frechet_distance
 from gatgan.eval.suite import (SUBSET, InceptionMetric, ReferenceSet, domain_metric, format_per_class, format_scores,
-                               held_out_split, inception_reference, per_class_means, per_class_scores,
+                               held_out_split, inception_reference, matched_floor, per_class_means,
+                               per_class_scores,
                                resolve_metric_kind, round_trip, tokenizer_ceiling)
 from gatgan.data.latents import LatentDataset
 from gatgan.tokenizers.identity import IdentityTokenizer
@@ -184,6 +185,18 @@ def test_the_ceiling_of_an_exact_round_trip_is_the_floor(domain_data):
     assert ceiling == pytest.approx({k: v for k, v in metric.floor.items() if k != "count"})
     assert sorted(per_class) == sorted(metric.floor_per_class) == [0, 1, 2]
     assert all(per_class[c] == pytest.approx(metric.floor_per_class[c]) for c in per_class)
+
+
+def test_the_floor_is_matched_to_the_sample_count(domain_data):
+    metric = domain_metric(domain_data, progress=False)
+    images, labels = held_out_split(LatentDataset(domain_data))[2:]
+    assert matched_floor(metric, domain_data, len(images)) == (metric.floor, metric.floor_per_class)
+    floor, per_class = matched_floor(metric, domain_data, 15)
+    expected, expected_per_class = metric.evaluate_nchw(images[:15], labels[:15])
+    assert floor == expected and per_class == expected_per_class
+    assert floor["fd"] != pytest.approx(metric.floor["fd"])  # fewer images: another floor
+    ceiling, _ = tokenizer_ceiling(metric, domain_data, NoisyPosterior(1), batch_size=7, count=15)
+    assert ceiling == pytest.approx(floor)  # an exact round trip of the same 15 images
 
 
 def test_a_cached_reference_without_labels_is_labelled_with_the_cached_classifier(domain_data, tmp_path,
