@@ -44,11 +44,11 @@ class AugmentParams:
 
 @dataclass
 class DiffAugment:
-    policy: str = "color,translation,cutout,flip"
-    color_prob: float = 0.5
-    translation_ratio: float = 0.125
-    cutout_ratio: float = 0.5
-    flip_prob: float = 0.4
+    policy: str = "color,translation,cutout,flip"  # comma-separated operations; "" = no augmentation
+    color_prob: float = 0.5  # fraction of samples whose colour is jittered
+    translation_ratio: float = 0.125  # largest shift, as a fraction of the latent size (4 of 32)
+    cutout_ratio: float = 0.5  # side of the zeroed square, as a fraction of the latent size
+    flip_prob: float = 0.4  # fraction of samples mirrored left-right (the authors' 0.4, not 0.5)
     color: str = "fixed"  # "fixed" or "authors" (see the module docstring)
 
     def __post_init__(self) -> None:

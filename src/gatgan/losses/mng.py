@@ -51,11 +51,11 @@ class MNG:
     normal, same shape) so that a second pass (the approximated gradient penalty) can reuse
     exactly the same noise."""
 
-    num_levels: int = 4
-    schedule: str = "exponential"
-    form: str = "cumulative"
-    min_signal: float = 0.125
-    floor: float = 0.01
+    num_levels: int = 4  # K generator exits judged by D; 1 = MNG off (the final image only)
+    schedule: str = "exponential"  # how t_k spreads over the levels: exponential or linear
+    form: str = "cumulative"  # cumulative (the authors' code), independent, vp (the paper) or msg (no noise)
+    min_signal: float = 0.125  # the signal coefficient of the noisiest level
+    floor: float = 0.01  # noise added to every level, also the final image (t_K)
 
     def __post_init__(self) -> None:
         if self.form not in MNG_FORMS:

@@ -26,7 +26,7 @@ from .repa import REPAInput, REPATargets, alignment_loss, generator_alignment_lo
 @dataclass
 class PenaltySettings:
     mode: str = "approx"  # "approx" (the authors' default), "exact" (autograd R1/R2) or "none"
-    sigma: float = 0.01
+    sigma: float = 0.01  # the approximated penalty's input perturbation (finite difference step)
     gamma_r1: float = 0.1  # weighted by gamma / 2, as in the code
     gamma_r2: float = 0.1
     # Lazy regularisation (StyleGAN2; the authors' R1_every): the penalty on one D step in `every`,

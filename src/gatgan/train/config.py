@@ -80,7 +80,7 @@ class TrainConfig:
     kimg: float = 51200.0  # duration in thousands of real images (100K iterations at batch 512 ~ 40 epochs)
     global_batch: int = 512  # REFERENCE §3g; independent of the number of devices
     batch_per_device: int = 0  # 0: global_batch / world_size (no accumulation)
-    seed: int = 0
+    seed: int = 0  # initial weights, data order and every noise draw
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPUs)
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA, like the authors' --allow-tf32 (no effect on CPUs)
     grad_checkpointing: bool = False
