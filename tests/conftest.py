@@ -39,6 +39,17 @@ def tiny_data_with_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_data_with_teacher(tmp_path_factory.mktemp("data"))
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny run (6 steps, seconds), one per test module, which may add files to it."""
+    from gatgan.train.trainer import train
+    from tinyrun import tiny_config
+
+    run_dir = tmp_path_factory.mktemp("runs")
+    train(tiny_config(tiny_data, run_dir), progress=False)
+    return run_dir / "tiny"
+
+
 @pytest.fixture
 def no_network(monkeypatch) -> list:
     """Any attempt to resolve or connect fails and is recorded (for tests that must work offline)."""

@@ -60,7 +60,7 @@ def test_models_lists_the_paper_sizes(capsys):
 @pytest.mark.slow
 def test_eval_of_a_run_reports_the_tokenizer_ceiling_and_per_class_scores(domain_run, tmp_path, capsys):
     out = tmp_path / "scores.json"
-    eval_args = ["eval", "--run", str(domain_run), "--metric", "domain", "--num", "30", "--batch-size", "7"]
+    eval_args = ["eval", "--run", str(domain_run), "--metric", "domain", "--num", "60", "--batch-size", "7"]
     main([*eval_args, "--out", str(out)])
     result = json.loads(out.read_text())
     printed = capsys.readouterr().out
@@ -71,7 +71,7 @@ def test_eval_of_a_run_reports_the_tokenizer_ceiling_and_per_class_scores(domain
     assert sorted(result["per_class"]) == sorted(TINY_CLASSES)
     assert all(set(scores) == {"samples", "floor", "ceiling"} for scores in result["per_class"].values())
     assert {"precision", "recall", "spread", "consistency"} <= set(result["per_class"]["grey"]["samples"])
-    assert result["per_class"]["grey"]["samples"]["count"] == 10
+    assert result["per_class"]["grey"]["samples"]["count"] == 20
 
     main([*eval_args, "--out", str(out), "--no-ceiling"])
     without = json.loads(out.read_text())

@@ -5,23 +5,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tinyrun import TINY_CLASSES, tiny_config
+from tinyrun import TINY_CLASSES
 
 from gatgan import GAT
 from gatgan.cli import main
 from gatgan.sample import Sampler
 from gatgan.train.checkpoint import BEST, CHECKPOINT_DIR
-from gatgan.train.trainer import train
 
 SEEDS, CLASSES = [5, 6, 7, 8], [0, "grey", 2, "dark"]
 LABELS = [0, 1, 2, 0]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs")
-    train(tiny_config(tiny_data, run_dir), progress=False)
-    return run_dir / "tiny"
 
 
 @pytest.fixture(scope="module")

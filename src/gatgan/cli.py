@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -70,6 +71,19 @@ def _train(args: argparse.Namespace) -> None:
         shutdown_distributed()
 
 
+def _config(args: argparse.Namespace) -> None:
+    from .config_reference import markdown, text
+    from .train.config import load_config
+
+    config = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    if args.markdown:
+        command = shlex.join(["gatgan", "config", *(["-c", args.config] if args.config else []), *args.overrides,
+                              "--markdown"])
+        print(markdown(config, command), end="")
+    else:
+        print(text(config), end="")
+
+
 def _sample(args: argparse.Namespace) -> None:
     from .images import save_grid
     from .sample import Sampler, class_balanced_labels, write_npz
@@ -107,8 +121,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from .eval.suite import (build_metric, format_per_class, format_scores, nhwc_to_nchw, per_class_report,
-                             tokenizer_ceiling)
+    from .eval.suite import (build_metric, format_per_class, format_scores, matched_floor, nhwc_to_nchw,
+                             per_class_report, tokenizer_ceiling)
     from .sample import Sampler, class_balanced_labels, random_labels, read_npz
     from .sharding import sharded_images
     from .train.checkpoint import latest_checkpoint
@@ -156,27 +170,31 @@ def _eval(args: argparse.Namespace) -> None:
             metric = make_metric(device)
         if metric.name == "domain" and not args.no_ceiling:
             ceiling, ceiling_per_class = tokenizer_ceiling(metric, data, sampler.tokenizer, args.batch_size,
-                                                           progress=True)
+                                                           progress=True, count=len(images))
+    floor, floor_per_class = metric.floor, getattr(metric, "floor_per_class", {})
+    if metric.name == "domain" and data is not None:
+        floor, floor_per_class = matched_floor(metric, data, len(images))
     labels = None if labels is None else np.asarray(labels)
     if metric.name == "domain":
         scores, per_class = metric.evaluate_nchw(nhwc_to_nchw(images), labels, progress=True)
     else:  # the Inception metric has no notion of class here
         scores, per_class = metric.score(images, labels, progress=True), {}
-    print(f"{metric.name} metric on {len(images)} samples:")
-    print(format_scores(scores, metric.floor, ceiling))
+    print(f"{metric.name} metric on {len(images)} samples" + (f" (floor and ceiling on as many held-out images: "
+          "recall and coverage depend on the count)" if floor is not metric.floor else "") + ":")
+    print(format_scores(scores, floor, ceiling))
     if per_class:
-        print(format_per_class(per_class, metric.floor_per_class, metric.class_names))
+        print(format_per_class(per_class, floor_per_class, metric.class_names))
     if metric.name == "inception":
         print("note: this is torch-fidelity's port of the TF Inception; published ImageNet numbers use ADM's "
               "TensorFlow evaluator (guided-diffusion/evaluations) on an .npz from `gatgan sample --out`")
     if args.out:
-        result = {"metric": metric.name, "samples": len(images), "scores": scores, "floor": metric.floor,
+        result = {"metric": metric.name, "samples": len(images), "scores": scores, "floor": floor,
                   "source": args.samples or str(checkpoint), "truncation": args.truncation}
         if ceiling:
             result["ceiling"] = ceiling
         if per_class:
             result["per_class"] = per_class_report(metric.class_names, samples=per_class,
-                                                   floor=metric.floor_per_class, ceiling=ceiling_per_class)
+                                                   floor=floor_per_class, ceiling=ceiling_per_class)
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")
 
@@ -214,6 +232,30 @@ def _export_model(args: argparse.Namespace) -> None:
     print(f"wrote {card['generator']} ({card['parameters']:,} parameters{seen}) to {out}: "
           f"{', '.join(sorted(p.name for p in out.iterdir()))}")
     print(f'load it with: from gatgan import GAT; GAT.from_pretrained("{out}")')
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from .plots import plot_run
+
+    for path in plot_run(args.run, args.out):
+        print(f"wrote {path}")
+
+
+def _interpolate(args: argparse.Namespace) -> None:
+    from .plots import interpolation_frames, write_interpolation
+    from .sample import Sampler
+
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers such as 0,1,2, got {args.seeds!r}") from None
+    sampler = Sampler.from_run(args.run, args.checkpoint, ema=not args.no_ema, device=args.device)
+    label = sampler.class_index(args.class_name)
+    frames = interpolation_frames(sampler, label, seeds, args.steps, args.space, args.truncation)
+    name = f"class{label}-seeds{'-'.join(map(str, seeds))}-{args.space}"  # class names may hold '/'
+    prefix = args.out or Path(args.run) / "interpolations" / name
+    for path in write_interpolation(frames, prefix, args.gif):
+        print(f"wrote {path}")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -372,6 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.kimg=500")
     train.set_defaults(func=_train)
 
+    show_config = commands.add_parser(
+        "config", help="every config key with its value, default, range and meaning (docs/config.md)",
+        description="Without -c: the defaults (the paper's recipe). With a preset and/or overrides: their values "
+                    "beside the defaults, keys that differ marked with *. --markdown prints the reference of "
+                    "docs/config.md (a table per section).",
+        epilog="example: gatgan config -c fmnist; gatgan config --markdown > docs/config.md")
+    show_config.add_argument("-c", "--config", help="preset name (see configs/) or YAML path; default: none")
+    show_config.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.kimg=500")
+    show_config.add_argument("--markdown", action="store_true", help="print a Markdown reference instead")
+    show_config.set_defaults(func=_config)
+
     sample = commands.add_parser("sample", help="generate images: a PNG grid and/or an ADM-style .npz")
     sample.add_argument("--run", required=True, help="run directory (uses its latest checkpoint)")
     sample.add_argument("--checkpoint", help="a specific checkpoint directory")
@@ -445,6 +498,40 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latest (the newest intact checkpoint), best (checkpoints/best, kept by in-training "
                              "evaluation), or a checkpoint directory")
     export.set_defaults(func=_export_model)
+
+    plot = commands.add_parser(
+        "plot", help="training curves of a run (losses, metric, alignment, diagnostics, throughput) as PNGs",
+        description="Reads the run's stats.jsonl and draws, against kimg and unsmoothed, every figure whose "
+                    "values the run logged: losses.png, metric.png (in-training evaluation), alignment.png, "
+                    "diagnostics.png and throughput.png.",
+        epilog="example: gatgan plot --run runs/fmnist")
+    plot.add_argument("--run", required=True, help="run directory")
+    plot.add_argument("--out", help="output folder (default: <run>/plots)")
+    plot.set_defaults(func=_plot)
+
+    interpolation = commands.add_parser(
+        "interpolate", help="a strip (and GIF) walking from seed to seed for one class",
+        description="Slerp between the seeds' z (the end images are exactly `gatgan sample`'s for those seeds "
+                    "and truncation), or a straight line between their w (mapping outputs).",
+        epilog="example: gatgan interpolate --run runs/fmnist --class Sneaker --seeds 0,1,2 --gif")
+    interpolation.add_argument("--run", required=True, help="run directory (uses its latest checkpoint)")
+    interpolation.add_argument("--checkpoint", help="a specific checkpoint directory")
+    interpolation.add_argument("--class", dest="class_name", metavar="CLASS", required=True,
+                               help="class name or index")
+    interpolation.add_argument("--seeds", required=True,
+                               help="comma-separated seeds, at least two: a,b[,c...]")
+    interpolation.add_argument("--steps", type=positive_int, default=8,
+                               help="images per segment, both ends included")
+    interpolation.add_argument("--space", choices=["z", "w"], default="z",
+                               help="z: spherical interpolation of the latents; w: linear, of the mapping outputs")
+    interpolation.add_argument("--truncation", type=finite_float, default=0.7,
+                               help="1 = none, 0 = class mean (default 0.7, as `gatgan sample`)")
+    interpolation.add_argument("--out", help="output prefix: PREFIX.png and PREFIX.gif (default: "
+                                             "<run>/interpolations/class<index>-seeds<a-b...>-<space>)")
+    interpolation.add_argument("--gif", action="store_true", help="also write an animated GIF")
+    interpolation.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
+    interpolation.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
+    interpolation.set_defaults(func=_interpolate)
 
     models = commands.add_parser("models", help="list the named model sizes")
     models.set_defaults(func=_models)

@@ -20,7 +20,8 @@ RESUMES = {"train": "the run resumes from its last checkpoint", "prepare": "prep
 def is_user_error(error: Exception) -> bool:
     """Errors a user can cause or meet: a bad option or setting (ValueError), a missing, unreadable or
     unwritable file or a full disk (OSError), a damaged file (its parser's error), a diverged run or
-    a busy run directory (RuntimeError). They are printed as one line. Anything else (TypeError,
+    a busy run directory (RuntimeError), a missing optional package whose message says what to
+    install (ImportError). They are printed as one line. Anything else (TypeError,
     AttributeError, AssertionError, KeyError, NotImplementedError, RecursionError, ...) is a bug in
     gatgan and keeps its traceback, which is what a bug report needs."""
     import pickle
@@ -31,6 +32,8 @@ def is_user_error(error: Exception) -> bool:
 
     if isinstance(error, (NotImplementedError, RecursionError)):  # RuntimeErrors that only code causes
         return False
+    if isinstance(error, ImportError):  # an optional dependency; gatgan's messages say what to install
+        return "pip install" in str(error)
     return isinstance(error, (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError,
                               zipfile.BadZipFile, yaml.YAMLError, SafetensorError))
 

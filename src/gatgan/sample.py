@@ -76,9 +76,21 @@ class Sampler:
     @torch.no_grad()
     def latents(self, seeds: list[int], labels: list[int], truncation: float = 1.0,
                 guidance: float = 1.0) -> torch.Tensor:
-        z = seeded_normal(seeds, self.generator.z_dim).to(self.device)
+        return self.latents_from_z(seeded_normal(seeds, self.generator.z_dim), labels, truncation, guidance)
+
+    @torch.no_grad()
+    def latents_from_z(self, z: torch.Tensor, labels: list[int], truncation: float = 1.0,
+                       guidance: float = 1.0) -> torch.Tensor:
+        """Generator latents for z that need not come from seeds (e.g. interpolated ones), mapped exactly
+        as `latents` maps the seeds' z."""
         y = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        return self.generator(z, y, truncation=truncation, guidance=guidance, guidance_form=self.guidance_form)
+        return self.generator(z.to(self.device), y, truncation=truncation, guidance=guidance,
+                              guidance_form=self.guidance_form)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Generator latents [B, C, H, W] -> uint8 NHWC images, the one decoding path of every sampled image."""
+        return to_uint8(self.tokenizer.decode(self.scaling.denormalize(latents)))
 
     @torch.no_grad()
     def images(self, seeds: list[int], labels: list[int], truncation: float = 1.0, guidance: float = 1.0,
@@ -90,7 +102,7 @@ class Sampler:
         for start in tqdm(range(0, len(seeds), batch_size), desc="sample", unit="batch", disable=not progress):
             stop = start + batch_size
             latents = self.latents(seeds[start:stop], labels[start:stop], truncation, guidance)
-            out.append(to_uint8(self.tokenizer.decode(self.scaling.denormalize(latents))))
+            out.append(self.decode(latents))
         return np.concatenate(out)
 
 

@@ -156,10 +156,11 @@ def _check_keyframes(count: int) -> None:
         raise ValueError(f"need at least 2 keyframes to interpolate, got {count}")
 
 
-def _path(keys: torch.Tensor, steps: int) -> torch.Tensor:
-    """Consecutive keys joined by `interpolate` segments, each shared key kept once:
+def keyframe_path(keys: torch.Tensor, steps: int,
+                  segment: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = interpolate) -> torch.Tensor:
+    """Consecutive keys joined by `segment`s (straight lines by default), each shared key kept once:
     [(K - 1) * (steps - 1) + 1, width], key k at frame k * (steps - 1)."""
-    segments = [interpolate(a, b, steps)[:-1] for a, b in zip(keys[:-1], keys[1:])]
+    segments = [segment(a, b, steps)[:-1] for a, b in zip(keys[:-1], keys[1:])]
     return torch.cat([*segments, keys[-1:]])
 
 
@@ -171,7 +172,7 @@ def seed_interpolation_w(generator: Generator, seeds: Sequence[int], label: int,
     _check_keyframes(len(seeds))
     z = seeded_normal(list(seeds), generator.z_dim)
     y = torch.full((len(seeds),), label, dtype=torch.long)
-    return _path(_styles(generator, z, y, truncation), steps)
+    return keyframe_path(_styles(generator, z, y, truncation), steps)
 
 
 @torch.no_grad()
@@ -181,7 +182,7 @@ def class_interpolation_w(generator: Generator, seed: int, labels: Sequence[int]
     _check_keyframes(len(labels))
     z = seeded_normal([seed], generator.z_dim).expand(len(labels), -1)
     y = torch.as_tensor(list(labels), dtype=torch.long)
-    return _path(_styles(generator, z, y, truncation), steps)
+    return keyframe_path(_styles(generator, z, y, truncation), steps)
 
 
 @torch.no_grad()
