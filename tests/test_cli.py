@@ -118,3 +118,11 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_code:
         main(["--version"])
     assert exit_code.value.code == 0 and capsys.readouterr().out.strip() == f"gatgan {__version__}"
+
+
+def test_a_grid_with_about_one_sample_per_class_is_laid_out_in_sample_order(tiny_run, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    main(["sample", "--run", str(tiny_run), "--num", "3", "--grid", str(grid)])
+    width, height = Image.open(grid).size
+    assert width > 3 * 8 > height  # one row of 3, not a 3-tall, 1-wide strip of classes
+    assert "first 3 samples" in capsys.readouterr().out

@@ -112,8 +112,13 @@ def _sample(args: argparse.Namespace) -> None:
         rows = sorted(set(labels))[:16]
         per_row = [[i for i, label in enumerate(labels) if label == row][:10] for row in rows]
         columns = min(len(r) for r in per_row)
-        save_grid(images[[i for r in per_row for i in r[:columns]]], columns, args.grid)
-        print(f"wrote a grid (rows = classes {', '.join(sampler.class_names[r] for r in rows)}) to {args.grid}")
+        if columns > 1:
+            save_grid(images[[i for r in per_row for i in r[:columns]]], columns, args.grid)
+            print(f"wrote a grid (rows = classes {', '.join(sampler.class_names[r] for r in rows)}) to {args.grid}")
+        else:  # about one sample per class (many classes): a class per row would be a 1-wide strip
+            shown = min(len(images), 100)
+            save_grid(images[:shown], min(10, shown), args.grid)
+            print(f"wrote a grid of the first {shown} samples (in sample order) to {args.grid}")
 
 
 def _eval(args: argparse.Namespace) -> None:
