@@ -239,6 +239,16 @@ def _export_model(args: argparse.Namespace) -> None:
     print(f'load it with: from gatgan import GAT; GAT.from_pretrained("{out}")')
 
 
+def _export_graphs(args: argparse.Namespace) -> None:
+    from .export import export_model
+    from .sample import Sampler
+
+    sampler = Sampler.from_run(args.run, args.checkpoint, ema=not args.no_ema)
+    for name, exported in export_model(sampler, args.out, args.format, args.truncation).items():
+        print(f"wrote {exported.path} ({name}; max abs difference from PyTorch on a new batch: "
+              f"{exported.max_abs_error:.2e})")
+
+
 def _plot(args: argparse.Namespace) -> None:
     from .plots import plot_run
 
@@ -503,6 +513,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latest (the newest intact checkpoint), best (checkpoints/best, kept by in-training "
                              "evaluation), or a checkpoint directory")
     export.set_defaults(func=_export_model)
+
+    graphs = commands.add_parser(
+        "export", help="the generator and the tokenizer's decoder as ExportedProgram (.pt2) or ONNX graphs",
+        description="Writes generator.{pt2,onnx} ((z [B, z_dim], class [B]) -> decoder-ready latents, truncation "
+                    "fixed) and decoder.{pt2,onnx} (latents -> images in [-1, 1]), with a dynamic batch size, "
+                    "and checks each against PyTorch on a batch of another size. ONNX needs "
+                    "`pip install 'gatgan[export]'`.",
+        epilog="example: gatgan export --run runs/fmnist --out exported --format onnx --truncation 0.7")
+    graphs.add_argument("--run", required=True, help="run directory (uses its newest intact checkpoint)")
+    graphs.add_argument("--checkpoint", help="a specific checkpoint directory")
+    graphs.add_argument("--out", required=True, help="output folder")
+    graphs.add_argument("--format", choices=["exported-program", "onnx"], default="exported-program")
+    graphs.add_argument("--truncation", type=finite_float, default=1.0, help="fixed in the graph (1 = none)")
+    graphs.add_argument("--no-ema", action="store_true", help="the raw generator instead of its EMA")
+    graphs.set_defaults(func=_export_graphs)
 
     plot = commands.add_parser(
         "plot", help="training curves of a run (losses, metric, alignment, diagnostics, throughput) as PNGs",
