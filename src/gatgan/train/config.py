@@ -87,6 +87,9 @@ class TrainConfig:
     # torch.compile of every transformer block of G and D (the same maths, fewer kernels). Falls back
     # to eager, saying so, when the compiler toolchain is missing or a block fails to compile.
     compile: bool = False
+    # "ddp" replicates G and D on every device; "fsdp" shards them (FSDP2, per transformer block) for
+    # models too large to replicate. Both write the same full checkpoints, so a run may switch on resume.
+    strategy: str = "ddp"
     timeout_minutes: float = 90.0  # collectives' timeout (the authors' 5400 s): long evaluations run on rank 0
     # One generator forward per iteration instead of two (the same maths; without gradient
     # accumulation only, as it holds G's activations through the D step)
@@ -190,6 +193,7 @@ RULES: dict[str, Rule] = {
     "train.seed": NON_NEGATIVE,
     "train.precision": _one_of(("fp32", "bf16")),
     "train.device": _one_of(("auto", "cpu", "cuda")),
+    "train.strategy": _one_of(("ddp", "fsdp")),
     "train.log_every": AT_LEAST_ONE,
     "train.sample_every": AT_LEAST_ONE,
     "train.align_every": NON_NEGATIVE,

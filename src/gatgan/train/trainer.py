@@ -10,7 +10,6 @@ continuation is exactly the uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
@@ -45,6 +44,8 @@ from .config import Config, config_text, parse_config
 from .distributed import DistributedEnv, init_distributed, mean_across_processes
 from .diagnostics import DiversityMonitor, OverfitMonitor
 from .ema import EMA, ema_decay
+from .fsdp import (clip_grad_norm, ema_source, full_optimizer_state, full_weights, gradient_sync, load_optimizer_state,
+                   load_weights, shard)
 from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
 from .compile import compile_blocks
@@ -58,7 +59,7 @@ from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 RESUMABLE_CHANGES = {
     "train.kimg", "train.log_every", "train.sample_every", "train.align_every", "train.diagnose_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.tf32", "train.single_generator_pass",
-    "train.compile", "train.timeout_minutes",
+    "train.compile", "train.timeout_minutes", "train.strategy",
     "train.batch_per_device", "train.device", "train.divergence_retries", "train.divergence_lr_backoff",
     "data.path", "data.workers"}
 RESUMABLE_SECTIONS = ("eval.",)
@@ -155,6 +156,9 @@ class Trainer:
         if self.env.is_main:  # lines past the checkpoint (or of attempts killed before one) are redone
             truncate_stats(self.stats_file, self.step)
         self.start_step = self.step
+        if self.sharded:  # FSDP2 modules are called directly
+            self.G_ddp, self.D_ddp = self.G, self.D
+            return
         # Buffers are not broadcast: the only mutable one (w_avg) is all-reduced by the generator.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
@@ -220,10 +224,29 @@ class Trainer:
         self.G.grad_checkpointing = self.D.grad_checkpointing = cfg.train.grad_checkpointing
         if cfg.train.compile:
             compile_blocks([*self.G.blocks, *self.D.blocks], self.device, announce=self.env.is_main)
-        self.ema = EMA(self.G, o.ema_decay)
+        self.ema = EMA(self.G, o.ema_decay)  # a full copy on every rank under either strategy
+        if self.sharded:  # before the optimisers, which must hold the sharded parameters
+            self._check_shardable()
+            bf16 = cfg.train.precision == "bf16"
+            self.G, self.D = shard(self.G, bf16), shard(self.D, bf16)
         self.lr_G = width_aware_lr(o.base_lr, self.G.width, o.base_width, o.width_aware)
         self.lr_D = width_aware_lr(o.base_lr, self.D.width, o.base_width, o.width_aware)
         self._build_optimizers()
+
+    @property
+    def sharded(self) -> bool:
+        return self.config.train.strategy == "fsdp"
+
+    def _check_shardable(self) -> None:
+        """A sharded network runs only when every rank calls it, but the alignment and overfitting
+        monitors call D on rank 0 alone."""
+        cfg = self.config.train
+        uses = [f"{key}=0" for key, used in (
+            ("train.align_every", self.teacher is not None and cfg.align_every),
+            ("train.diagnose_every", cfg.diagnose_every and separate_test_split(self.data) is not None)) if used]
+        if uses:
+            raise ValueError("train.strategy=fsdp cannot run the monitors that read D on one rank: "
+                             f"set {', '.join(uses)}")
 
     def _build_optimizers(self) -> None:
         o = self.config.optim
@@ -235,8 +258,8 @@ class Trainer:
         """Back to step 0 in place (the DDP wrappers keep their modules): initial weights, fresh
         optimisers and noise stream."""
         G, D = self._initial_networks()
-        self.G.load_state_dict(G.state_dict())
-        self.D.load_state_dict(D.state_dict())
+        load_weights(self.G, G.state_dict())
+        load_weights(self.D, D.state_dict())
         self.ema.model.load_state_dict(G.state_dict())
         self._build_optimizers()
         self.noise_rng.manual_seed(self._noise_seed)
@@ -246,12 +269,12 @@ class Trainer:
         """Loads `checkpoint` (None: nothing to resume); says whether it did."""
         if checkpoint is None:
             return False
-        self.G.load_state_dict(load_network(checkpoint, "generator", self.device))
-        self.D.load_state_dict(load_network(checkpoint, "discriminator", self.device))
+        load_weights(self.G, load_network(checkpoint, "generator", self.device))
+        load_weights(self.D, load_network(checkpoint, "discriminator", self.device))
         self.ema.model.load_state_dict(load_network(checkpoint, "generator_ema", self.device))
         state = load_state(checkpoint)
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        load_optimizer_state(self.G, self.opt_G, state["opt_G"])
+        load_optimizer_state(self.D, self.opt_D, state["opt_D"])
         self.step = int(state["step"])
         rng = state["rng"]
         if len(rng) == self.env.world_size:
@@ -292,9 +315,9 @@ class Trainer:
         self._batches_step = self.step + 1
         return batches
 
-    def _sync_context(self, model: DDP, micro: int):
-        """Gradients are all-reduced only on the last micro-batch of an accumulation."""
-        return model.no_sync() if micro < self.plan.accumulation - 1 else contextlib.nullcontext()
+    def _sync_context(self, model: torch.nn.Module, micro: int):
+        """Gradients are reduced only on the last micro-batch of an accumulation."""
+        return gradient_sync(model, micro == self.plan.accumulation - 1)
 
     def _optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str,
                         stats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -302,7 +325,7 @@ class Trainer:
         and NonFiniteStep names the step, the network and the non-finite losses. The norm is taken
         after the all-reduce, so every rank takes the same decision; reading it costs one device
         synchronisation per network and step."""
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
+        norm = clip_grad_norm(model, self.config.optim.grad_clip)
         if not torch.isfinite(norm):
             optimizer.zero_grad(set_to_none=True)
             losses = ", ".join(f"{k} = {float(v):.4g}" for k, v in stats.items() if not math.isfinite(float(v)))
@@ -354,7 +377,8 @@ class Trainer:
         stats["grad_norm/G"] = self._optimizer_step(self.G, self.opt_G, "G", stats)
         self.step += 1
         o = self.config.optim
-        self.ema.update(self.G, ema_decay(self.step, self.plan.global_batch, o.ema_decay, o.ema_kimg, o.ema_rampup))
+        decay = ema_decay(self.step, self.plan.global_batch, o.ema_decay, o.ema_kimg, o.ema_rampup)
+        self.ema.update(ema_source(self.G), decay)
         return stats
 
     # ---------------------------------------------------------------- outputs
@@ -407,11 +431,13 @@ class Trainer:
         rng = {"noise": self.noise_rng.get_state()}
         gathered = [None] * self.env.world_size
         dist.all_gather_object(gathered, rng)
+        # collectives under fsdp: every rank takes part, rank 0 receives the whole tensors
+        networks = {"generator": full_weights(self.G), "discriminator": full_weights(self.D),
+                    "generator_ema": self.ema.model.state_dict()}
+        optimizers = {"opt_G": full_optimizer_state(self.G, self.opt_G),
+                      "opt_D": full_optimizer_state(self.D, self.opt_D)}
         if self.env.is_main:
-            state = {"step": self.step, "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                     "rng": gathered}
-            networks = {"generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
-                        "generator_ema": self.ema.model.state_dict()}
+            state = {"step": self.step, **optimizers, "rng": gathered}
             damaged = [name for name, tensors in networks.items()
                        if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())]
             if damaged:  # the step checks should make this impossible; a checkpoint is never worth the risk
