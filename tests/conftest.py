@@ -50,6 +50,20 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir / "tiny"
 
 
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny diffusers AutoencoderKL (SD-VAE's architecture, 4 latent channels, random weights) saved
+    as a folder, standing in for the SD-VAE that cannot be downloaded here."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8,
+                                  latent_channels=4)
+    path = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(path, safe_serialization=True)
+    return path
+
+
 @pytest.fixture
 def no_network(monkeypatch) -> list:
     """Any attempt to resolve or connect fails and is recorded (for tests that must work offline)."""

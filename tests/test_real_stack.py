@@ -12,22 +12,9 @@ from tinyrun import tiny_overrides
 from gatgan.cli import main
 from gatgan.data.latents import LatentDataset
 
-diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("diffusers")
 
 CLASSES = ["cat", "dog", "owl"]
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    import torch
-
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8,
-                                  latent_channels=4)
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path, safe_serialization=True)
-    return path
 
 
 def _image_folder(root):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -235,6 +236,19 @@ def _export_model(args: argparse.Namespace) -> None:
     card = model.card
     seen = "" if card["kimg"] is None else f", {card['kimg']:g} kimg"
     print(f"wrote {card['generator']} ({card['parameters']:,} parameters{seen}) to {out}: "
+          f"{', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(f'load it with: from gatgan import GAT; GAT.from_pretrained("{out}")')
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .convert import convert_checkpoint, read_class_names
+    from .tokenizers import SDVAETokenizer
+
+    names = None if args.class_names is None else read_class_names(args.class_names)
+    out = convert_checkpoint(args.checkpoint, args.out, tokenizer=SDVAETokenizer.from_source(args.vae),
+                             model=args.model, class_names=names, key=args.key)
+    config = json.loads((out / "config.json").read_text())
+    print(f"wrote {config['model']['generator']} ({config['num_classes']} classes) to {out}: "
           f"{', '.join(sorted(p.name for p in out.iterdir()))}")
     print(f'load it with: from gatgan import GAT; GAT.from_pretrained("{out}")')
 
@@ -513,6 +527,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latest (the newest intact checkpoint), best (checkpoints/best, kept by in-training "
                              "evaluation), or a checkpoint directory")
     export.set_defaults(func=_export_model)
+
+    convert = commands.add_parser(
+        "convert", help="the authors' own checkpoint (their train.py) as a folder for GAT.from_pretrained",
+        description="Renames the weights of the authors' generator (and discriminator, kept as "
+                    "discriminator.safetensors) into gatgan's, with their position-table layout, and writes "
+                    "the folder `gatgan export-model` writes. The size is read from the weights. Their "
+                    "truncation psi is 1 - gatgan's --truncation.",
+        epilog="example: gatgan convert --checkpoint 0400000.pt --out models/gat-xl --vae /path/to/sd-vae-ft-mse")
+    convert.add_argument("--checkpoint", required=True, help="the .pt file their train.py saved")
+    convert.add_argument("--out", required=True, help="output folder (new, empty, or an earlier export)")
+    convert.add_argument("--vae", required=True,
+                         help="the SD-VAE their latents come from: a local diffusers folder or weights file")
+    convert.add_argument("--model", help="the size, e.g. GAT-XL/2 (default: read from the weights)")
+    convert.add_argument("--class-names", help="a file with one class name a line (default: 0, 1, ...)")
+    convert.add_argument("--key", help="the checkpoint's generator entry, e.g. ema or model "
+                                       "(default: the first of ema, model, generator, G_ema, G)")
+    convert.set_defaults(func=_convert)
 
     graphs = commands.add_parser(
         "export", help="the generator and the tokenizer's decoder as ExportedProgram (.pt2) or ONNX graphs",

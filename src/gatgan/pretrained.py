@@ -97,11 +97,20 @@ class GAT:
         config = json.loads((path / CONFIG_FILE).read_text())
         generator = _build_generator(config)
         generator.load_state_dict(load_network(path, WEIGHTS))
-        tokenizer = load_tokenizer(path / RUN_TOKENIZER)
+        return cls.from_generator(generator, path / RUN_TOKENIZER, config, json.loads((path / CARD_FILE).read_text()),
+                                  device)
+
+    @classmethod
+    def from_generator(cls, generator: Generator, tokenizer_dir: Path, config: dict, card: dict,
+                       device: str | torch.device = "cpu") -> "GAT":
+        """A generator with weights already loaded, the tokenizer saved in `tokenizer_dir`, and the
+        content of config.json (its scaling and class names are used) and card.json: how an export is
+        loaded, and how weights from outside a gatgan run (`gatgan.convert`) become a model."""
         device = torch.device(device)
+        tokenizer = load_tokenizer(tokenizer_dir)
         sampler = Sampler(generator.eval().requires_grad_(False).to(device), tokenizer.eval().to(device),
                           LatentScaling(**config["scaling"]), config["class_names"], device)
-        return cls(sampler, config, json.loads((path / CARD_FILE).read_text()), path / RUN_TOKENIZER)
+        return cls(sampler, config, card, Path(tokenizer_dir))
 
     def __repr__(self) -> str:  # the dataclass's would print every weight of the sampler
         return f"GAT({self.card['name']!r}: {self.card['generator']}, {self.num_classes} classes)"
@@ -147,10 +156,13 @@ class GAT:
         return labels, seeds
 
     # ------------------------------------------------------------------ saving
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path,
+                        extra_networks: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
         """Writes the self-contained folder (see the module docstring) into a staging folder beside
         `directory` and renames it into place, so an interrupted save leaves no half model. An
-        existing folder is replaced only if it is empty or an earlier export."""
+        existing folder is replaced only if it is empty or an earlier export. `extra_networks` are
+        saved beside the generator as <name>.safetensors, under the checksums (e.g. a converted
+        discriminator, which loading ignores but which would otherwise be lost)."""
         final = Path(directory).resolve()
         _refuse_to_overwrite(final)
         files = {CONFIG_FILE: json.dumps(self.config, indent=2), CARD_FILE: json.dumps(self.card, indent=2)}
@@ -159,8 +171,8 @@ class GAT:
             shutil.copytree(self.tokenizer_dir, staging / RUN_TOKENIZER)
             (staging / README).write_text(model_card(self.config, self.card))
 
-        return write_checkpoint_dir(final, {WEIGHTS: self.sampler.generator.state_dict()}, extra_files=files,
-                                    unlisted=tokenizer_and_card)
+        networks = {WEIGHTS: self.sampler.generator.state_dict(), **(extra_networks or {})}
+        return write_checkpoint_dir(final, networks, extra_files=files, unlisted=tokenizer_and_card)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -217,7 +229,8 @@ def _build_generator(config: dict) -> Generator:
     model, (channels, size) = config["model"], config["latent_shape"][:2]
     return build_generator(model["generator"], input_size=size, channels=channels,
                            num_classes=config["num_classes"], num_exits=model["num_levels"], z_dim=model["z_dim"],
-                           mapping_lr_mult=model["mapping_lr_mult"], teacher_dim=model["teacher_dim"])
+                           mapping_lr_mult=model["mapping_lr_mult"], teacher_dim=model["teacher_dim"],
+                           position_layout=model.get("position_layout", "row-first"))  # absent in older exports
 
 
 def _export_config(training: Config, data: dict, generator: Generator) -> dict:
@@ -225,7 +238,8 @@ def _export_config(training: Config, data: dict, generator: Generator) -> dict:
     and the training config for reference."""
     projector = generator.state_dict().get(PROJECTOR_OUT)
     model = dataclasses.asdict(training.model) | {"num_levels": training.loss.mng.num_levels,
-                                                   "teacher_dim": None if projector is None else projector.shape[0]}
+                                                   "teacher_dim": None if projector is None else projector.shape[0],
+                                                   "position_layout": generator.position_layout}
     return {"gatgan_version": __version__, "model": model, "latent_shape": data["latent_shape"],
             "num_classes": len(data["class_names"]), "class_names": data["class_names"],
             "scaling": data["scaling"], "training_config": training.to_dict()}
@@ -273,8 +287,9 @@ def model_card(config: dict, card: dict) -> str:
     example = json.dumps(config["class_names"][:2])
     return "\n".join([
         f"# {card['name']}: {card['generator']} ({card['parameters']:,} parameters)", "",
-        "A class-conditional Generative Adversarial Transformer (GAT) generator trained with gatgan "
-        f"{config['gatgan_version']}. Training images seen: {seen}.", "",
+        "A class-conditional Generative Adversarial Transformer (GAT) generator "
+        f"{card.get('origin', 'trained with gatgan ' + config['gatgan_version'])}. Training images seen: {seen}.", "",
+        *(f"{note}\n" for note in card.get("notes", [])),
         "## Use", "", "```python", "from gatgan import GAT",
         f'images = GAT.from_pretrained("path/to/this/folder").generate({example}, output="pil")', "```", "",
         "## Data", "",

@@ -58,16 +58,18 @@ class Discriminator(nn.Module):
         cmap_dim: int = 2048,
         projector_dim: int = 2048,
         teacher_dim: int | None = None,
+        position_layout: str = "row-first",
     ):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input size {input_size} is not divisible by patch size {patch_size}")
         self.input_size, self.channels, self.patch_size = input_size, channels, patch_size
         self.width, self.depth, self.num_classes, self.num_levels = width, depth, num_classes, num_levels
+        self.position_layout = position_layout  # "column-first" for the authors' weights, as in `Generator`
         self.grad_checkpointing = False
         grid = input_size // patch_size
         self.patch_embed = nn.Conv2d(channels * num_levels, width, kernel_size=patch_size, stride=patch_size)
-        self.register_buffer("pos_embed", sincos_position_embedding(width, grid)[None], persistent=False)
+        self.register_buffer("pos_embed", sincos_position_embedding(width, grid, position_layout)[None], persistent=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.rope = RotaryEmbedding2D(width // num_heads, grid)
         self.blocks = nn.ModuleList(

@@ -99,7 +99,8 @@ class Generator(nn.Module):
     """Class-conditional one-step generator.
 
     The input tokens are a constant sin-cos grid (the authors' code also embeds a random latent
-    but multiplies it by zero; we skip that dead computation). Blocks are split into
+    but multiplies it by zero; we skip that dead computation). `position_layout` "column-first"
+    builds that grid as the authors' code does, for their converted weights (`gatgan.convert`). Blocks are split into
     `num_exits` equal stages; exit k returns the running sum of the first k exit heads, so the
     final image is the sum of all heads and early stages are supervised directly by MNG.
     """
@@ -121,6 +122,7 @@ class Generator(nn.Module):
         projector_dim: int = 2048,
         teacher_dim: int | None = None,
         mapping_lr_mult: float = MAPPING_LR_MULT,
+        position_layout: str = "row-first",
     ):
         super().__init__()
         if input_size % patch_size:
@@ -129,10 +131,10 @@ class Generator(nn.Module):
             raise ValueError(f"depth {depth} must be a positive multiple of num_exits {num_exits}")
         self.input_size, self.channels, self.patch_size = input_size, channels, patch_size
         self.width, self.depth, self.num_classes, self.z_dim = width, depth, num_classes, z_dim
-        self.num_exits, self.w_avg_beta = num_exits, w_avg_beta
+        self.num_exits, self.w_avg_beta, self.position_layout = num_exits, w_avg_beta, position_layout
         self.grad_checkpointing = False
         grid = input_size // patch_size
-        self.register_buffer("pos_embed", sincos_position_embedding(width, grid)[None], persistent=False)
+        self.register_buffer("pos_embed", sincos_position_embedding(width, grid, position_layout)[None], persistent=False)
         self.rope = RotaryEmbedding2D(width // num_heads, grid)
         self.mapping = MappingNetwork(z_dim, num_classes, width, lr_mult=mapping_lr_mult)
         self.blocks = nn.ModuleList(

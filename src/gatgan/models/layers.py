@@ -42,11 +42,18 @@ class EqualLinear(nn.Module):
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, lr_mult={self.lr_mult}"
 
 
-def sincos_position_embedding(width: int, grid: int) -> torch.Tensor:
+POSITION_LAYOUTS = ("row-first", "column-first")
+
+
+def sincos_position_embedding(width: int, grid: int, layout: str = "row-first") -> torch.Tensor:
     """Fixed 2-D sine-cosine embedding [grid*grid, width]: half the channels encode the row, half
-    the column (the MAE/DiT construction). Row-major token order, matching `patchify`."""
+    the column. Row-major token order, matching `patchify`. `layout` says which coordinate takes the
+    first half: "row-first" is gatgan's; "column-first" is the MAE/DiT code's (and the authors'),
+    a permutation of the channels that weights trained with that table need."""
     if width % 4:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {width}")
+    if layout not in POSITION_LAYOUTS:
+        raise ValueError(f"position layout must be one of {POSITION_LAYOUTS}, got {layout!r}")
     coords = np.arange(grid, dtype=np.float64)
     rows, cols = np.meshgrid(coords, coords, indexing="ij")
     omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4))
@@ -55,7 +62,8 @@ def sincos_position_embedding(width: int, grid: int) -> torch.Tensor:
         angles = np.outer(positions.reshape(-1), omega)
         return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
-    return torch.from_numpy(np.concatenate([encode(rows), encode(cols)], axis=1)).float()
+    halves = [encode(rows), encode(cols)] if layout == "row-first" else [encode(cols), encode(rows)]
+    return torch.from_numpy(np.concatenate(halves, axis=1)).float()
 
 
 def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:

@@ -47,23 +47,25 @@ def parse_model_name(name: str) -> tuple[ModelSize, int]:
 
 def build_generator(
     name: str, *, input_size: int, channels: int, num_classes: int, num_exits: int = 4, z_dim: int = 64,
-    teacher_dim: int | None = None, mapping_lr_mult: float = MAPPING_LR_MULT,
+    teacher_dim: int | None = None, mapping_lr_mult: float = MAPPING_LR_MULT, position_layout: str = "row-first",
 ) -> Generator:
     size, patch = parse_model_name(name)
     return Generator(
         input_size=input_size, channels=channels, patch_size=patch, width=size.width, depth=size.depth,
         num_heads=size.num_heads, num_classes=num_classes, z_dim=z_dim, num_exits=num_exits,
         projector_dim=size.projector_dim, teacher_dim=teacher_dim, mapping_lr_mult=mapping_lr_mult,
+        position_layout=position_layout,
     )
 
 
 def build_discriminator(
     name: str, *, input_size: int, channels: int, num_classes: int, num_levels: int = 4,
-    teacher_dim: int | None = None,
+    teacher_dim: int | None = None, position_layout: str = "row-first",
 ) -> Discriminator:
     size, patch = parse_model_name(name)
     return Discriminator(
         input_size=input_size, channels=channels, patch_size=patch, width=size.width, depth=size.depth,
         num_heads=size.num_heads, num_classes=num_classes, num_levels=num_levels,
         cmap_dim=size.cmap_dim, projector_dim=size.projector_dim, teacher_dim=teacher_dim,
+        position_layout=position_layout,
     )
