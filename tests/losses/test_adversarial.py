@@ -1,4 +1,4 @@
-"""Relativistic pairing loss (REFERENCE §3a)."""
+"""Relativistic pairing loss (docs/method.md §4.2)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Differentiable augmentation on latents (REFERENCE §3d)."""
+"""Differentiable augmentation on latents (docs/method.md §4.4)."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""Multi-level Noise-perturbed image Guidance (REFERENCE §3c)."""
+"""Multi-level Noise-perturbed image Guidance (docs/method.md §4.5)."""
 
 import pytest
 import torch
@@ -82,7 +82,7 @@ def test_cumulative_noise_covariance_is_exact():
 
 
 def test_cumulative_real_copies_form_a_markov_noising_chain():
-    """For K copies of one latent: x~_k = decay_k x~_{k+1} + fresh_k eps_k (REFERENCE §3c numbers),
+    """For K copies of one latent: x~_k = decay_k x~_{k+1} + fresh_k eps_k (docs/method.md §4.5 numbers),
     and the cleanest level uses only its own noise."""
     torch.manual_seed(0)
     x = torch.randn(1, 5, 4, 6, 6, dtype=torch.float64).expand(4, -1, -1, -1, -1)

@@ -1,4 +1,4 @@
-"""The GAT objectives on a tiny generator and discriminator (REFERENCE §3a-§3f)."""
+"""The GAT objectives on a tiny generator and discriminator (docs/method.md §4)."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from gatgan.models.discriminator import Discriminator
 from gatgan.models.generator import Generator
 
 SIZE, CHANNELS, CLASSES, K = 8, 4, 10, 4
-SIGNAL = torch.tensor([0.115, 0.24, 0.49, 0.99])  # 1 - t_k, REFERENCE §3c
+SIGNAL = torch.tensor([0.115, 0.24, 0.49, 0.99])  # 1 - t_k, docs/method.md §4.5
 T = 1 - SIGNAL
 APPROX_KEYS = {"loss/D_adv", "D/real_logit", "D/fake_logit", "loss/R1", "loss/R2", "loss/D"}
 

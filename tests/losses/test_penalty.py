@@ -1,4 +1,4 @@
-"""R1 / R2 gradient penalties, exact and finite-difference (REFERENCE §3b)."""
+"""R1 / R2 gradient penalties, exact and finite-difference (docs/method.md §4.3)."""
 
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""REPA on the discriminator (REFERENCE §3e): the loss, the geometry of its targets, and where its
+"""REPA on the discriminator (docs/method.md §5): the loss, the geometry of its targets, and where its
 gradients go."""
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""The GAT discriminator (REFERENCE §2c)."""
+"""The GAT discriminator (docs/method.md §3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The GAT generator (REFERENCE §2b, §5)."""
+"""The GAT generator (docs/method.md §2)."""
 
 import math
 

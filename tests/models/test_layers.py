@@ -1,4 +1,4 @@
-"""Building blocks shared by G and D (REFERENCE §2b, §2c)."""
+"""Building blocks shared by G and D (docs/method.md §2, §3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Named model sizes (REFERENCE §1d): built on the meta device, so the paper's sizes cost nothing."""
+"""Named model sizes (docs/method.md §1.2): built on the meta device, so the paper's sizes cost nothing."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from gatgan.models import MODEL_NAMES, MODEL_SIZES, build_discriminator, build_g
 
 LATENT, CHANNELS, CLASSES, TEACHER = 32, 4, 1000, 768
 
-# REFERENCE §1d, in millions. G counts include the frozen sin-cos embedding and the authors' unused
+# docs/method.md §1.2, in millions. G counts include the frozen sin-cos embedding and the authors' unused
 # x_embedder; D counts (with the REPA projector) include the frozen embedding.
 GENERATOR_PARAMS = {
     "S/2": 29.4, "S/4": 29.4, "S/8": 29.7,

@@ -59,7 +59,7 @@ def wrap_method(monkeypatch, obj, name: str, before):
 
 def test_g_step_feeds_the_generator_the_d_steps_z_and_labels_in_every_micro_batch(make_trainer, monkeypatch):
     """Catches a G step that draws a fresh z (or reuses another micro-batch's z or labels) instead of
-    the z the D step's fakes were generated from: REFERENCE §3a pairs both steps on the same z."""
+    the z the D step's fakes were generated from: docs/method.md §4.1 pairs both steps on the same z."""
     trainer = make_trainer(**{"train.batch_per_device": 6})
     assert trainer.plan.accumulation == 2
     calls = []  # every call of the generator network, in order

@@ -22,7 +22,7 @@ from .sources import ArraySource, ImageSource, read_class_names
 EMBEDDED_TOKENIZERS = ("small_vae", "identity")
 EMBEDDED_TEACHERS = ("ssl", "none")
 IMAGE_TOKENIZERS = ("sd_vae", "identity")
-DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"  # REFERENCE §2a: training and FID decode use ft-mse
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"  # docs/method.md §1.1: training and FID decode use ft-mse
 
 
 def prepare_fashion_mnist(out: str | Path, *, tokenizer: str = "small_vae", root: str | Path = DEFAULT_ROOT,

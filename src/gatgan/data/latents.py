@@ -121,7 +121,7 @@ class LatentDataset:
         return out
 
     def latents(self, indices: np.ndarray, noise: torch.Tensor, flip: np.ndarray | None = None) -> torch.Tensor:
-        """Normalised posterior samples `scaling(mean + std * noise)` (REFERENCE §2a), reading the
+        """Normalised posterior samples `scaling(mean + std * noise)` (docs/method.md §1.1), reading the
         flipped image's moments where `flip` is set."""
         moments = self.gather("moments", indices)
         if flip is not None and flip.any():

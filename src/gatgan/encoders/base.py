@@ -1,5 +1,5 @@
 """The small interface every REPA teacher implements: frozen vision encoders whose [cls] and
-patch features are the targets the discriminator's tokens are aligned to (REFERENCE §3e).
+patch features are the targets the discriminator's tokens are aligned to (docs/method.md §5).
 
 A teacher takes the data set's raw images (uint8 values, 1 or 3 channels, as stored by
 `prepare`), does its own preprocessing (range, normalisation, resizing to its input size) and

@@ -2,7 +2,7 @@
 
 - contribution: LPIPS between each image and the same image with one generator block's residual
   output zeroed, averaged over fixed (z, y) — one value per block (the paper's Fig. 4a protocol,
-  REFERENCE §4a). Low values for early blocks are "failure mode 1": blocks that do nothing.
+  docs/method.md §9.1). Low values for early blocks are "failure mode 1": blocks that do nothing.
 - pca: the first three principal components of every block's tokens as RGB (rows = samples,
   columns = blocks).
 - truncation: the evaluation metric against truncation (1 = none, 0 = the class mean w).

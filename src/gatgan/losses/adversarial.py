@@ -1,4 +1,4 @@
-"""Relativistic pairing GAN loss (R3GAN style, REFERENCE §3a): each real sample is paired with the
+"""Relativistic pairing GAN loss (R3GAN style, docs/method.md §4.2): each real sample is paired with the
 fake sample at the same batch index and D is asked to rank the pair, not to classify each alone."""
 
 import torch

@@ -1,4 +1,4 @@
-"""Differentiable augmentation on latents, the variant GAT trains with (REFERENCE §3d).
+"""Differentiable augmentation on latents, the variant GAT trains with (docs/method.md §4.4).
 
 Parameters are drawn once per sample (`sample`) and applied separately (`__call__`), because the
 same draw must be reused: across the K MNG levels of a sample, and by the perturbed copy of the
@@ -8,7 +8,7 @@ The colour operation has two forms (`color`):
 - "fixed" (the default): DiffAugment's colour jitter, each step on the current image: brightness
   b is added, the saturation s scales around the per-pixel channel mean of the brightened image,
   the contrast c around its global mean. The effective brightness offset is b.
-- "authors": the authors' code as it runs (REFERENCE §8). Both means are taken from a reference
+- "authors": the authors' code as it runs (docs/method.md §8). Both means are taken from a reference
   image *before* brightness and stored with the parameters: x1 = x + b,
   x2 = (x1 - m_px) s + m_px, x3 = (x2 - m) c + m, so b ends up multiplied by s·c (offset std 0.346
   instead of 0.290). The reference is the last level of the stack (for fakes the final image, whose

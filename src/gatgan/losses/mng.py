@@ -1,5 +1,5 @@
 """Multi-level Noise-perturbed image Guidance (MNG): how the K generator exits and K copies of the
-real latent are corrupted before the discriminator sees them (REFERENCE §3c).
+real latent are corrupted before the discriminator sees them (docs/method.md §4.5).
 
 Three forms:
 - "cumulative" (default, the authors' code): x_k = (1 - t_k) x_k + n_k with std(n_k) = t_k, where
@@ -7,7 +7,7 @@ Three forms:
   K copies of one real latent form one consistent forward-noising trajectory.
 - "independent": the same interpolation with independent noise per level.
 - "vp": the paper's variance-preserving alpha_k x + sqrt(1 - alpha_k^2) eps, with alpha_K = 1.
-- "msg": the paper's negative control (REFERENCE §4b), MSG-GAN-style multi-scale supervision
+- "msg": the paper's negative control (docs/method.md §9.2), MSG-GAN-style multi-scale supervision
   without noise: level k is average-pooled by 2^(K-k) and scaled back up (nearest), so exit 1 is
   judged at the coarsest scale and the last exit at full resolution. D sees a pyramid of one real
   image, which it can check for cross-scale consistency: the shortcut MNG's noise removes.

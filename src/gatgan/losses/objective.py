@@ -1,5 +1,5 @@
 """The GAT objectives: what one discriminator step and one generator step minimise, combining
-DiffAugment, MNG, the relativistic pairing loss, R1/R2 and REPA (REFERENCE §3a-§3f).
+DiffAugment, MNG, the relativistic pairing loss, R1/R2 and REPA (docs/method.md §4, §5).
 
 Randomness is always drawn from the `torch.Generator` passed in, never from shared mutable
 state: the z that the D and G steps share is an explicit argument of the trainer, not a side

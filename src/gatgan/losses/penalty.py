@@ -1,4 +1,4 @@
-"""R1 / R2 gradient penalties, exact and approximated (REFERENCE §3b).
+"""R1 / R2 gradient penalties, exact and approximated (docs/method.md §4.3).
 
 The approximation replaces the squared input-gradient norm by a finite difference along a random
 direction: ((D(x) - D(x + sigma*eps)) / sigma)^2 has expectation ||grad D(x)||^2 as sigma -> 0,

@@ -1,5 +1,5 @@
 """REPA for the discriminator: align its last-block tokens of real images with a frozen teacher's
-features (REFERENCE §3e), so that D learns semantic features and gives G more useful feedback.
+features (docs/method.md §5), so that D learns semantic features and gives G more useful feedback.
 
 Geometry. D sees real latents after DiffAugment; the teacher must see the same picture, so the raw
 image gets the same flip and the same translation, converted from latent pixels to image pixels
@@ -26,7 +26,7 @@ class REPASettings:
     # a directory holding a saved teacher; or "dinov2_vitb14:/path/dinov2_vitb14_pretrain.pth",
     # "timm:<model name>:<weights file>" (see gatgan.encoders.load_teacher).
     teacher: str = ""
-    weight: float = 1.0  # lambda_REPA (REFERENCE §3e)
+    weight: float = 1.0  # lambda_REPA (docs/method.md §5)
     align_generator: bool = False  # also align G's last-block tokens (an open question, off in the paper)
     # Read the teacher features stored by `prepare --teacher-features` instead of running the
     # teacher (exact for flips; refused with DiffAugment's translation, which features cannot follow).

@@ -1,5 +1,5 @@
 """The GAT discriminator: a plain ViT over the K noise-perturbed levels stacked along channels,
-with a [cls] token, projection class conditioning and an optional REPA projector (REFERENCE §2c)."""
+with a [cls] token, projection class conditioning and an optional REPA projector (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .layers import (
     xavier_init_,
 )
 
-CMAP_LR_MULT = 0.01  # REFERENCE §2c: equalised class-map MLP
+CMAP_LR_MULT = 0.01  # docs/method.md §3: equalised class-map MLP
 LAYER_SCALE_INIT = 0.1
 
 
@@ -101,7 +101,7 @@ class Discriminator(nn.Module):
         """x [B, K*C, H, W] (levels stacked by `stack_levels`), y [B] -> logits [B].
 
         With `project_first=n`, also returns the REPA projections [n, 1 + T, teacher_dim] of the
-        first n samples' last-block tokens ([cls] first, before the head norm, REFERENCE §3e).
+        first n samples' last-block tokens ([cls] first, before the head norm, docs/method.md §5).
         Projecting inside forward keeps the projector in the graph DDP tracks; projecting only
         the first n keeps the real branch's cost, not the fake and penalty copies'.
         """

@@ -1,6 +1,6 @@
 """The GAT generator: a StyleGAN-like mapping network feeding a plain ViT through adaptive
 RMSNorm, with K residually accumulated exits for Multi-level Noise-perturbed Guidance
-(REFERENCE §2b)."""
+(docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from .layers import (
     xavier_init_,
 )
 
-MAPPING_LR_MULT = 0.01  # REFERENCE §2b: the mapping MLP learns 100x slower under Adam
+MAPPING_LR_MULT = 0.01  # docs/method.md §2.1: the mapping MLP learns 100x slower under Adam
 GUIDANCE_FORMS = ("intended", "authors")
-MODULATION_INIT_GAIN = 0.1  # REFERENCE §2b: modulation starts near (not at) zero
+MODULATION_INIT_GAIN = 0.1  # docs/method.md §2.3: modulation starts near (not at) zero
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,7 @@ class Generator(nn.Module):
         return torch.lerp(self.w_avg[y].to(w.dtype), w, truncation)
 
     def guide(self, w: torch.Tensor, z: torch.Tensor, scale: float, form: str = "intended") -> torch.Tensor:
-        """Guidance in w space: push w away from the class-averaged w of the same z (REFERENCE §5);
+        """Guidance in w space: push w away from the class-averaged w of the same z (docs/method.md §2.5);
         `form` chooses how that average is computed (see `MappingNetwork.class_average`)."""
         return torch.lerp(self.mapping.class_average(z, form), w, scale)
 

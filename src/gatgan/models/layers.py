@@ -1,4 +1,4 @@
-"""Building blocks shared by the GAT generator and discriminator (REFERENCE §2b, §2c)."""
+"""Building blocks shared by the GAT generator and discriminator (docs/method.md §2, §3)."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ class SwiGLU(nn.Module):
 
 
 def repa_projector(width: int, hidden: int, out: int) -> nn.Sequential:
-    """The REPA projection head, token-wise: width -> hidden -> hidden -> teacher width (REFERENCE §2c)."""
+    """The REPA projection head, token-wise: width -> hidden -> hidden -> teacher width (docs/method.md §3)."""
     return nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                          nn.Linear(hidden, out))
 

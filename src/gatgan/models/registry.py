@@ -18,7 +18,7 @@ class ModelSize:
     depth: int
     width: int
     num_heads: int
-    cmap_dim: int = 2048  # discriminator class-map width (REFERENCE §2c)
+    cmap_dim: int = 2048  # discriminator class-map width (docs/method.md §3)
     projector_dim: int = 2048  # discriminator REPA projector width
 
 
@@ -27,7 +27,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
     "Nano": ModelSize(depth=4, width=64, num_heads=2, cmap_dim=128, projector_dim=256),
     "Micro": ModelSize(depth=4, width=128, num_heads=4, cmap_dim=256, projector_dim=512),
     "Mini": ModelSize(depth=8, width=192, num_heads=4, cmap_dim=512, projector_dim=512),
-    # The paper's sizes (REFERENCE §1d).
+    # The paper's sizes (docs/method.md §1.2).
     "S": ModelSize(depth=12, width=384, num_heads=6),
     "B": ModelSize(depth=12, width=768, num_heads=12),
     "L": ModelSize(depth=24, width=1024, num_heads=16),

@@ -2,7 +2,7 @@
 
 A tokenizer maps images in [-1, 1] to the *moments* of a diagonal Gaussian posterior (mean, std)
 and maps latents back to images. Moments rather than samples are stored by `prepare`, so training
-draws a fresh `mean + std * eps` each time it reads an example (REFERENCE §2a). The affine
+draws a fresh `mean + std * eps` each time it reads an example (docs/method.md §1.1). The affine
 normalisation that brings latents to unit scale (SD-VAE's 0.18215, or per-channel statistics) is
 kept beside the data as a `LatentScaling`, not inside the tokenizer.
 """

@@ -1,7 +1,7 @@
 """Run configuration: plain dataclasses, YAML presets and dotted `key=value` overrides.
 
 Every number that comes from the paper or the authors' code has its default here, once, with the
-REFERENCE section it comes from. A run saves its resolved config, so `gatgan train` on an existing
+docs/method.md section that explains it. A run saves its resolved config, so `gatgan train` on an existing
 run directory resumes with exactly the same settings.
 """
 
@@ -43,14 +43,14 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     generator: str = "GAT-B/2"
-    discriminator: str = "GAT-B/2"  # chosen independently of G (REFERENCE §2c)
-    z_dim: int = 64  # REFERENCE §2b
-    mapping_lr_mult: float = 0.01  # REFERENCE §2b: StyleGAN's equalised lr, the mapping learns 100x slower
+    discriminator: str = "GAT-B/2"  # chosen independently of G (docs/method.md §1.2)
+    z_dim: int = 64  # docs/method.md §2.1
+    mapping_lr_mult: float = 0.01  # docs/method.md §2.1: StyleGAN's equalised lr, the mapping learns 100x slower
 
 
 @dataclass
 class LossConfig:
-    # The loss components are configured by their own dataclasses (defaults: REFERENCE §3b-§3d).
+    # The loss components are configured by their own dataclasses (defaults: docs/method.md §4, §5).
     mng: MNG = field(default_factory=MNG)
     augment: DiffAugment = field(default_factory=DiffAugment)
     penalty: PenaltySettings = field(default_factory=PenaltySettings)
@@ -59,7 +59,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    base_lr: float = 2e-4  # REFERENCE §3g: eta_base at C_base
+    base_lr: float = 2e-4  # docs/method.md §6: eta_base at C_base
     base_width: int = 768  # C_base (GAT-B)
     width_aware: bool = True  # lr = base_lr * base_width / width, separately for G and D
     beta1: float = 0.0
@@ -67,7 +67,7 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # global norm, G and D
-    ema_decay: float = 0.999  # per step, no warm-up (REFERENCE §3g); used when ema_kimg is 0
+    ema_decay: float = 0.999  # per step, no warm-up (docs/method.md §6); used when ema_kimg is 0
     # StyleGAN2's EMA instead: a half-life of ema_kimg thousand images, growing with training as
     # min(ema_kimg, ema_rampup * images seen so far) when ema_rampup > 0, so that a short run does
     # not average in its untrained start. 0 keeps the per-step ema_decay.
@@ -78,7 +78,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     kimg: float = 51200.0  # duration in thousands of real images (100K iterations at batch 512 ~ 40 epochs)
-    global_batch: int = 512  # REFERENCE §3g; independent of the number of devices
+    global_batch: int = 512  # docs/method.md §6; independent of the number of devices
     batch_per_device: int = 0  # 0: global_batch / world_size (no accumulation)
     seed: int = 0  # initial weights, data order and every noise draw
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; GPUs)
@@ -117,7 +117,7 @@ class TrainConfig:
 class EvalConfig:
     every: int = 0  # steps between in-training evaluations, at logging steps; 0 = never
     metric: str = "auto"  # auto (domain on the embedded data, inception otherwise), domain or inception
-    samples: int = 5000  # FID-5K, as the authors' in-training metric (REFERENCE §5)
+    samples: int = 5000  # FID-5K, as the authors' in-training metric (docs/method.md §7)
     truncation: float = 1.0  # none (the authors' in-training psi = 0 in their convention)
     inception: str = ""  # the FID Inception weights file (weights-inception-2015-12-05-6726825d.pth)
     reference: str = ""  # an ADM reference batch .npz or a prepared data directory; "" = data.path

@@ -1,6 +1,6 @@
 """Exponential moving average of the generator.
 
-Two ways to set its speed: the authors' fixed decay per step (REFERENCE §3g: 0.999, no warm-up),
+Two ways to set its speed: the authors' fixed decay per step (docs/method.md §6: 0.999, no warm-up),
 or StyleGAN2's half-life in images with a ramp-up (`ema_kimg`, `ema_rampup`), which does not
 depend on the batch size and, early in a short run, forgets the untrained start quickly.
 Buffers (the per-class w average) are copied, not averaged.

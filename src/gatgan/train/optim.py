@@ -1,4 +1,4 @@
-"""Width-aware learning rate and the optimiser GAT trains with (REFERENCE §3g)."""
+"""Width-aware learning rate and the optimiser GAT trains with (docs/method.md §6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The GAT training loop: per iteration one D step (with REPA when a teacher is set), then one G
-step on the same real batch and the same z (REFERENCE §3a), an EMA update, and periodic logs,
+step on the same real batch and the same z (docs/method.md §4.1), an EMA update, and periodic logs,
 D-teacher alignment scores, sample grids and checkpoints.
 
 Re-running the same command resumes: the step counter, networks, EMA, optimisers, the per-class
