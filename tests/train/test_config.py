@@ -62,6 +62,7 @@ OUT_OF_RANGE = {
     "train.align_every": "-1", "train.diagnose_every": "-50", "train.checkpoint_every": "0",
     "train.keep_checkpoints": "-1", "train.threads": "-1", "train.divergence_retries": "-1",
     "train.divergence_lr_backoff": "0", "train.timeout_minutes": "0", "train.strategy": "tpu",
+    "train.logger": "mlflow",
     "eval.every": "-1", "eval.metric": "fid", "eval.samples": "1", "eval.truncation": ".inf", "eval.batch_size": "0",
 }
 

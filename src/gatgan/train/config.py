@@ -111,6 +111,10 @@ class TrainConfig:
     # divergence_retries times per process, then stops with a message naming the step
     divergence_retries: int = 3
     divergence_lr_backoff: float = 0.5
+    # "none", or a mirror of stats.jsonl and the sample grids in "tensorboard" (the run's tensorboard/
+    # folder) or "wandb" (project gatgan; offline with WANDB_MODE=offline), written by the main process;
+    # both need `pip install 'gatgan[logging]'`
+    logger: str = "none"
 
 
 @dataclass
@@ -194,6 +198,7 @@ RULES: dict[str, Rule] = {
     "train.precision": _one_of(("fp32", "bf16")),
     "train.device": _one_of(("auto", "cpu", "cuda")),
     "train.strategy": _one_of(("ddp", "fsdp")),
+    "train.logger": _one_of(("none", "tensorboard", "wandb")),
     "train.log_every": AT_LEAST_ONE,
     "train.sample_every": AT_LEAST_ONE,
     "train.align_every": NON_NEGATIVE,

@@ -50,6 +50,7 @@ from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
 from .compile import compile_blocks
 from .optim import build_optimizer, width_aware_lr
+from .loggers import Logger, NoLogger, build_logger
 from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 
 # Settings that may change when a run is resumed (durations and cadences); anything else must
@@ -59,7 +60,7 @@ from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 RESUMABLE_CHANGES = {
     "train.kimg", "train.log_every", "train.sample_every", "train.align_every", "train.diagnose_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.threads", "train.tf32", "train.single_generator_pass",
-    "train.compile", "train.timeout_minutes", "train.strategy",
+    "train.compile", "train.timeout_minutes", "train.strategy", "train.logger",
     "train.batch_per_device", "train.device", "train.divergence_retries", "train.divergence_lr_backoff",
     "data.path", "data.workers"}
 RESUMABLE_SECTIONS = ("eval.",)
@@ -127,8 +128,11 @@ class Trainer:
         self.teacher = self._load_teacher()
         self._check_evaluation_assets()
         self._lock = RunLock(self.run_dir) if self.env.is_main else None
+        self.logger: Logger = NoLogger()  # train.logger, on the main process, once the run directory is ready
         try:
             self._setup()
+            if self.env.is_main:
+                self.logger = build_logger(config, self.run_dir)
         except BaseException:
             self.release_lock()
             raise
@@ -494,12 +498,13 @@ class Trainer:
                     record |= self.evaluate()
                 if self.env.is_main:
                     append_stats(self.stats_file, record)
+                    self.logger.log(self.step, record)
                     bar.set_postfix({"D": f"{averaged['loss/D']:.3f}", "G": f"{averaged['loss/G']:.3f}"})
                 window.clear()
                 counts.clear()
                 window_steps, window_start = 0, time.time()
             if self.env.is_main and (self.step % cfg.sample_every == 0 or finished):
-                self.save_samples()
+                self.logger.image(self.step, "samples", self.save_samples())
             if self.step % cfg.checkpoint_every == 0 or finished:
                 self.save()
         bar.close()
@@ -538,6 +543,7 @@ class Trainer:
         del self.G_ddp, self.D_ddp
         self._batches = None  # stops loader workers
         gc.collect()
+        self.logger.close()
         self.release_lock()
 
 
@@ -547,5 +553,6 @@ def train(config: Config, progress: bool = True) -> Trainer:
     try:
         trainer.train()
     finally:
+        trainer.logger.close()
         trainer.release_lock()
     return trainer
