@@ -1,4 +1,4 @@
-"""The paper's ablations (REFERENCE §4) at the embedded scale, and their report.
+"""The paper's ablations (docs/method.md §9) at the embedded scale, and their report.
 
     python benchmarks/ablations.py train            # every arm, two at a time, one thread each
     python benchmarks/ablations.py report           # scores, analyses, plots -> reports/ablations/
@@ -181,7 +181,7 @@ def markdown(results: dict, arms: list[str], samples: int, curve_samples: int, c
              truncations: tuple[float, ...], trained_at: str) -> str:
     floor = results["floor"]
     lines = [
-        "# Ablations at the embedded scale (Fashion-MNIST, REFERENCE §4)",
+        "# Ablations at the embedded scale (Fashion-MNIST, docs/method.md §9)",
         "",
         "What the numbers say, against the paper's claims: [FINDINGS.md](FINDINGS.md) (written by hand).",
         "",
@@ -225,7 +225,7 @@ def markdown(results: dict, arms: list[str], samples: int, curve_samples: int, c
         "",
         "![pca baseline](pca-baseline.png) ![pca mng-off](pca-mng-off.png)",
         "",
-        "## Learning-rate cross-check (width-aware rule, REFERENCE §4c)",
+        "## Learning-rate cross-check (width-aware rule, docs/method.md §9.3)",
         "",
         f"FD at every checkpoint ({curve_samples:,} samples each; the last on {samples:,}).",
         "",
