@@ -25,11 +25,12 @@ from train_throughput import make_data, timed  # noqa: E402  (a sibling script)
 
 # variant -> (what it changes, overrides); the first is the reference
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "two-passes": ("G forward in the D step and again in the G step (the authors' order)",
-                   ["train.single_generator_pass=false"]),
-    "one-pass": ("one G forward per iteration, its output detached for the D step", []),
+    "two-passes": ("G forward in the D step and again in the G step (the authors' order, the default)", []),
+    "one-pass": ("one G forward per iteration, its output detached for the D step",
+                 ["train.single_generator_pass=true"]),
     "one-pass+lazy4": ("and R1/R2 on one D step in 4, weighted 4x (loss.penalty.every=4; changes the "
-                       "optimisation, as the authors' R1_every)", ["loss.penalty.every=4"]),
+                       "optimisation, as the authors' R1_every)",
+                       ["train.single_generator_pass=true", "loss.penalty.every=4"]),
 }
 
 

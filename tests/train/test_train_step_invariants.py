@@ -323,8 +323,8 @@ def test_d_step_fakes_come_from_the_trained_generator_not_the_ema(make_trainer, 
 
 def test_a_single_generator_pass_trains_exactly_like_two_passes(make_trainer):
     """The D step's fakes taken (detached) from the G step's forward: same losses, same weights."""
-    single = make_trainer("single")
-    double = make_trainer("double", **{"train.single_generator_pass": False})
+    single = make_trainer("single", **{"train.single_generator_pass": True})
+    double = make_trainer("double")
     for _ in range(3):
         a, b = single.train_step(), double.train_step()
         assert a.keys() == b.keys()
@@ -336,7 +336,7 @@ def test_a_single_generator_pass_trains_exactly_like_two_passes(make_trainer):
 
 
 def test_a_single_generator_pass_runs_the_generator_once_and_feeds_d_its_output(make_trainer, monkeypatch):
-    trainer = make_trainer()
+    trainer = make_trainer(**{"train.single_generator_pass": True})
     outputs, d_fakes = [], []
     handle = trainer.G.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
     wrap_method(monkeypatch, trainer.objective, "discriminator_loss",
