@@ -112,15 +112,23 @@ class WandbLogger(Logger):
             self.run = None
 
 
-def build_logger(config: Any, run_dir: Path) -> Logger:
-    """The logger of `config.train.logger`; an ImportError saying what to install when its package is missing."""
-    kind = config.train.logger
+def check_logger(kind: str) -> None:
+    """An ImportError saying what to install when the package of `train.logger` is missing; the
+    trainer asks at start-up, before it touches the run directory."""
     if kind == "none":
-        return NoLogger()
+        return
     if kind not in LOGGERS:
         raise ValueError(f"train.logger must be one of {', '.join(LOGGERS)}, got {kind!r}")
     try:
         __import__(PACKAGES[kind])
     except ImportError:
         raise ImportError(f"train.logger={kind} needs {PACKAGES[kind]}: pip install 'gatgan[logging]'") from None
+
+
+def build_logger(config: Any, run_dir: Path) -> Logger:
+    """The logger of `config.train.logger` (see `check_logger` for a missing package)."""
+    kind = config.train.logger
+    check_logger(kind)
+    if kind == "none":
+        return NoLogger()
     return TensorBoardLogger(run_dir) if kind == "tensorboard" else WandbLogger(config, run_dir)

@@ -50,7 +50,7 @@ from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
 from .compile import compile_blocks
 from .optim import build_optimizer, width_aware_lr
-from .loggers import Logger, NoLogger, build_logger
+from .loggers import Logger, NoLogger, build_logger, check_logger
 from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 
 # Settings that may change when a run is resumed (durations and cadences); anything else must
@@ -127,6 +127,9 @@ class Trainer:
         self.plan = BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, self.env.world_size)
         self.teacher = self._load_teacher()
         self._check_evaluation_assets()
+        check_logger(config.train.logger)
+        if self.sharded:
+            self._check_shardable()
         self._lock = RunLock(self.run_dir) if self.env.is_main else None
         self.logger: Logger = NoLogger()  # train.logger, on the main process, once the run directory is ready
         try:
@@ -230,7 +233,6 @@ class Trainer:
             compile_blocks([*self.G.blocks, *self.D.blocks], self.device, announce=self.env.is_main)
         self.ema = EMA(self.G, o.ema_decay)  # a full copy on every rank under either strategy
         if self.sharded:  # before the optimisers, which must hold the sharded parameters
-            self._check_shardable()
             bf16 = cfg.train.precision == "bf16"
             self.G, self.D = shard(self.G, bf16), shard(self.D, bf16)
         self.lr_G = width_aware_lr(o.base_lr, self.G.width, o.base_width, o.width_aware)
