@@ -287,6 +287,27 @@ def _interpolate(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from .serve import ServeLimits, create_app
+    except ImportError as error:
+        raise ImportError(f"gatgan serve needs FastAPI and uvicorn ({error}): pip install 'gatgan[serve]'") from None
+    from .pretrained import GAT
+
+    if args.checkpoint and not args.run:
+        raise ValueError("--checkpoint picks a checkpoint of --run; a --model folder holds one generator")
+    limits = ServeLimits(max_images=args.max_images, max_waiting=args.max_waiting)
+    if args.run:
+        model = GAT.from_run(args.run, args.checkpoint, device=args.device)
+    else:
+        model = GAT.from_pretrained(args.model, device=args.device)
+    app = create_app(model, limits)
+    print(f"serving {model!r} on {args.device} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
 def _models(args: argparse.Namespace) -> None:
     import torch
 
@@ -593,6 +614,29 @@ def build_parser() -> argparse.ArgumentParser:
     interpolation.add_argument("--no-ema", action="store_true", help="use the raw generator instead of its EMA")
     interpolation.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
     interpolation.set_defaults(func=_interpolate)
+
+    serving = commands.add_parser(
+        "serve", help="a local web page and HTTP API for a trained model",
+        description="Serves a page (pick a class, seeds, truncation and guidance; see a grid, one image large, "
+                    "an interpolation) and a JSON/PNG API: POST /generate, POST /interpolate, GET /classes, "
+                    "GET /model, GET /health. Everything is served from the package: it works offline. "
+                    "Needs `pip install 'gatgan[serve]'`.",
+        epilog="example: gatgan serve --run runs/fmnist   (then open http://127.0.0.1:8000/)")
+    source = serving.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run directory (its newest intact checkpoint, or --checkpoint)")
+    source.add_argument("--model", help="a save_pretrained / export-model folder, or a hub id")
+    serving.add_argument("--checkpoint", help="with --run: latest, best, or a checkpoint directory")
+    serving.add_argument("--host", default="127.0.0.1",
+                         help="interface to listen on (0.0.0.0 to let other machines in: there is no authentication)")
+    serving.add_argument("--port", type=int, default=8000)
+    serving.add_argument("--device", type=device_argument, default="auto", help=DEVICE_HELP)
+    serving.add_argument("--max-images", type=positive_int, default=64,
+                         help="most images (or interpolation frames) one request may ask for")
+    serving.add_argument("--max-waiting", type=positive_int, default=16,
+                         help="requests that may wait for the generator; more are answered 503 at once")
+    serving.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+                         help="uvicorn's access and error log")
+    serving.set_defaults(func=_serve)
 
     models = commands.add_parser("models", help="list the named model sizes")
     models.set_defaults(func=_models)

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .eval.analysis import interpolate, keyframe_path, seed_interpolation_w
-from .images import save_grid
+from .images import save_grid, to_pil
 from .sample import Sampler, seeded_normal
 from .train.config import read_config
 from .train.rundir import read_stats
@@ -169,7 +168,7 @@ def write_interpolation(frames: np.ndarray, prefix: str | Path, gif: bool = Fals
     save_grid(frames, len(frames), strip, padding=0)
     written = [strip]
     if gif:
-        images = [Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame) for frame in frames]
+        images = [to_pil(frame) for frame in frames]
         animation = prefix.with_name(prefix.name + ".gif")
         images[0].save(animation, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
         written.append(animation)

@@ -32,6 +32,7 @@ from PIL import Image
 
 from . import __version__
 from .data.card import RUN_TOKENIZER, read_data_card
+from .images import to_pil
 from .models import Generator, build_generator
 from .sample import PROJECTOR_OUT, Sampler
 from .tokenizers import load_tokenizer
@@ -139,7 +140,7 @@ class GAT:
             return images
         if output == "tensor":
             return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-        return [Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image) for image in images]
+        return [to_pil(image) for image in images]
 
     def _labels_and_seeds(self, classes: ClassSpec | Sequence[ClassSpec],
                           seeds: Sequence[int] | None) -> tuple[list[int], list[int]]:
