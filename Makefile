@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TRAIN_ARGS ?=
 SAMPLES ?= 10000
 
-.PHONY: install fmnist demo test bench clean
+.PHONY: install fmnist chromium demo test bench clean
 
 # torch and torchvision are installed first, as the tested pair, so that resolving the package's
 # own requirements never pulls a different (multi-GB) build.
@@ -30,14 +30,22 @@ fmnist:
 		else echo "Install Fashion-MNIST into $(FMNIST_DIR) (see README)"; exit 1; fi; \
 	fi
 
+# The browser test drives Debian's chromium headless (Playwright never downloads a browser here).
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+		if command -v apt-get >/dev/null; then \
+			$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; \
+		else echo "Install chromium (the browser test needs it), or run pytest without GATGAN_REQUIRE_BROWSER"; exit 1; fi; \
+	fi
+
 demo: install fmnist
 	$(BIN)/gatgan prepare
 	$(BIN)/gatgan train -c fmnist $(TRAIN_ARGS)
 	$(BIN)/gatgan sample --run runs/fmnist --num $(SAMPLES) --out runs/fmnist/samples.npz --grid runs/fmnist/grid.png
 	$(BIN)/gatgan eval --run runs/fmnist --num $(SAMPLES) --out runs/fmnist/eval.json
 
-test: install fmnist
-	$(BIN)/python -m pytest -q
+test: install fmnist chromium
+	GATGAN_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py

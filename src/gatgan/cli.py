@@ -185,7 +185,7 @@ def _eval(args: argparse.Namespace) -> None:
         scores, per_class = metric.evaluate_nchw(nhwc_to_nchw(images), labels, progress=True)
     else:  # the Inception metric has no notion of class here
         scores, per_class = metric.score(images, labels, progress=True), {}
-    print(f"{metric.name} metric on {len(images)} samples" + (f" (floor and ceiling on as many held-out images: "
+    print(f"{metric.name} metric on {len(images)} samples" + (" (floor and ceiling on as many held-out images: "
           "recall and coverage depend on the count)" if floor is not metric.floor else "") + ":")
     print(format_scores(scores, floor, ceiling))
     if per_class:

@@ -17,6 +17,7 @@ only on (class, seed, truncation, guidance): the same request always returns the
 from __future__ import annotations
 
 import base64
+import json
 import math
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -59,11 +60,13 @@ class BodySizeLimit:
     """Refuses bodies over `max_bytes` with 413, by Content-Length when the client sends one and by
     counting otherwise (a chunked upload), before anything parses them."""
 
-    class _TooLarge(Exception):
-        pass
+    class _TooLarge(StarletteHTTPException):
+        """An HTTPException, because FastAPI turns any other error raised while it reads a body into
+        a 400; the app's handler answers it, and an endpoint that reads no body never sees it."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self._message = f"the request body is larger than {max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,7 +83,7 @@ class BodySizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise self._TooLarge
+                raise self._TooLarge(413, self._message)
             return message
 
         try:
@@ -89,7 +92,7 @@ class BodySizeLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await error_response(413, f"the request body is larger than {self.max_bytes} bytes")(scope, receive, send)
+        await error_response(413, self._message)(scope, receive, send)
 
 
 def create_app(model: GAT, limits: ServeLimits = ServeLimits()) -> FastAPI:
@@ -220,11 +223,25 @@ def _add_error_handlers(app: FastAPI) -> None:
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":  # its location is a character offset, not a field
             return error_response(422, f"the body is not valid JSON ({first.get('ctx', {}).get('error', message)})")
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        location = [part for part in first.get("loc", ()) if part != "body"]
         if first.get("type") == "model_attributes_type" or not location:
+            if "json" not in request.headers.get("content-type", ""):
+                message = "send it with Content-Type: application/json"
             return error_response(422, f"the body must be a JSON object ({message})")
-        return error_response(422, f"{'.'.join(location)}: {message}", location[0])
+        field = str(location[0])
+        if field == "class" and len(location) > 1:  # the union's member (int or str), not a place in the body
+            got = json.dumps(first.get("input"))
+            return error_response(422, f"class: must be a class name or an index, got {got}", field)
+        # A key is whatever the client sent: escaped, so that the message stays one line.
+        where = ".".join(str(part).encode("unicode_escape").decode("ascii") for part in location)
+        return error_response(422, f"{where}: {message}", field)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        cause = error.__cause__
+        if error.status_code == 400 and isinstance(cause, (ValueError, RecursionError)):
+            # What json.loads raises beyond syntax errors: invalid UTF-8, an integer of thousands of
+            # digits, nesting deeper than the recursion limit. FastAPI would say only "error parsing".
+            reason = "nested too deeply" if isinstance(cause, RecursionError) else str(cause).splitlines()[0]
+            return error_response(422, f"the body is not valid JSON ({reason})")
         return error_response(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
