@@ -126,6 +126,21 @@ def test_generate_json_images_are_the_librarys_pixels(client, gat, class_, seeds
         assert not np.array_equal(images[0], images[1]), "different seeds drew the same image"
 
 
+def test_a_saved_model_folder_serves_the_runs_images(gat, tmp_path):
+    """`gatgan serve --model` loads a save_pretrained folder: it must draw what the run draws."""
+    from gatgan import GAT
+
+    folder = gat.save_pretrained(tmp_path / "model")
+    with _client(GAT.from_pretrained(folder)) as from_folder:
+        answer = from_folder.post("/generate", json=GENERATE)
+        model = from_folder.get("/model").json()
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_array_equal(json_images(answer.json()["images"]),
+                                  gat.generate(GENERATE["class"], GENERATE["seeds"], GENERATE["truncation"],
+                                               GENERATE["guidance"], output="numpy"))
+    assert (model["name"], model["step"]) == (gat.card["name"], gat.card["step"])
+
+
 @pytest.mark.parametrize("count, columns, grid_columns", [(3, None, 3), (10, None, 8), (5, 2, 2), (2, 5, 5)])
 def test_generate_png_is_a_grid_of_the_images(client, gat, count, columns, grid_columns):
     """Default columns: min(count, 8); rows as many as needed; PADDING white pixels between tiles."""
