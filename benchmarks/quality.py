@@ -285,6 +285,9 @@ def seconds_per_step(arms: list[str], steps: int, rounds: int) -> dict[str, floa
 
 FINALS = {"before (72 kimg)": ["baseline-full"], "after (96 kimg)": ["after-full", "after-full-seed1"],
           "after, R1/R2 every step (72 kimg)": ["after-eager-full"], "after, resumed longer": ["after-long"]}
+# The MNG pair at depth 8: trained to 16 kimg by `train --arms mini-mng mini-mng-off train.kimg=16`
+# (and --seed 1), then resumed to 48 kimg with `gatgan train -c runs/quality/<run>/config.yaml train.kimg=48`.
+MINI_FINALS = {"exponential MNG": ["mini-mng", "mini-mng-seed1"], "MNG off": ["mini-mng-off", "mini-mng-off-seed1"]}
 LONGER = "after-long"  # the `after` arm resumed to a longer budget in its own directory (see FINDINGS)
 
 
@@ -331,12 +334,14 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
         *kimg_report(out, {"before": runs_dir / "baseline-full", "after, seed 0 (resumed past 96 kimg)": runs_dir / LONGER,
                            "after, seed 1": runs_dir / "after-full-seed1"}, "kimg.png", "FD and recall against kimg"),
         "",
-        "## 4. MNG at depth 8 (GAT-Mini/2, new recipe, 16 kimg, seed 0)",
+        f"## 4. MNG at depth 8 (GAT-Mini/2, new recipe, seeds 0 and 1; {samples:,} samples, truncation 1)",
         "",
-        *kimg_report(out, {name: runs_dir / name for name in ("mini-mng", "mini-mng-off")}, "mini.png",
+        *final_report(runs_dir, out, MINI_FINALS, samples),
+        "",
+        *kimg_report(out, {name: runs_dir / name for names in MINI_FINALS.values() for name in names}, "mini.png",
                      "GAT-Mini/2: MNG vs off"),
         "",
-        *contribution_report({name: runs_dir / name for name in ("mini-mng", "mini-mng-off")}),
+        *contribution_report({name: runs_dir / name for names in MINI_FINALS.values() for name in names}),
         "",
     ]
     (out / "configs").mkdir(exist_ok=True)

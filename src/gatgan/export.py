@@ -59,6 +59,7 @@ def _example_inputs(sampler: Sampler, batch: int, seed: int = 0) -> tuple[tuple[
 
 
 def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, fmt: str) -> None:
+    module.eval()  # the wrappers are fresh modules (training mode); what they wrap is already in eval mode
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = tuple({0: batch} for _ in inputs)
     if fmt == "exported-program":
