@@ -59,6 +59,10 @@ AFTER = ["loss.mng.num_levels=1", "optim.base_lr=4e-4", "optim.ema_kimg=10", "op
 ARMS["after"] = ("the new fmnist preset: no MNG, 2x lr, EMA ramp-up, lazy R1/R2, 96 kimg", AFTER)
 ARMS["after-eager"] = ("the new preset with R1/R2 on every step at 72 kimg (about the same wall clock)",
                       [*AFTER, "loss.penalty.every=1", "train.kimg=72"])
+# The lever left for the short budget: the same preset with its lr decayed (cosine, from half the
+# budget down to 0.1x at 96 kimg).
+ARMS["after-decay"] = ("the new preset with a cosine lr decay over the second half of the budget",
+                       [*AFTER, "optim.lr_decay=cosine"])
 # The paper's MNG claim where it is meant to hold, with the new recipe: an 8-block generator.
 MINI = ["model.generator=GAT-Mini/2", "model.discriminator=GAT-Mini/2"]
 ARMS["mini-mng"] = ("GAT-Mini/2 (8 blocks), new recipe, exponential MNG", [*AFTER, *MINI, "loss.mng.num_levels=4"])

@@ -14,6 +14,7 @@ from gatgan.data.sources import ArraySource
 from gatgan.encoders.ssl import SSLEncoder
 from gatgan.tokenizers.identity import IdentityTokenizer
 from gatgan.train.config import Config, load_config
+from gatgan.train.trainer import Trainer
 
 TINY_CLASSES = ["dark", "grey", "bright"]
 TINY_LEVELS = (30, 128, 225)  # pixel intensity of each class
@@ -60,3 +61,20 @@ def tiny_overrides(data: Path, run_dir: Path, **extra: object) -> list[str]:
 
 def tiny_config(data: Path, run_dir: Path, **extra: object) -> Config:
     return load_config(None, tiny_overrides(data, run_dir, **extra))
+
+
+def poison(trainer: Trainer, steps: set[int], branch: str = "discriminator_loss") -> list[int]:
+    """Makes the loss of the D (or G) step NaN the first time each of `steps` is trained; returns the
+    list of steps at which it did."""
+    original, fired = getattr(trainer.objective, branch), []
+
+    def loss(*args, **kwargs):
+        value, stats = original(*args, **kwargs)
+        step = trainer.step + 1
+        if step in steps and step not in fired:
+            fired.append(step)
+            value = value * float("nan")
+        return value, stats
+
+    setattr(trainer.objective, branch, loss)
+    return fired

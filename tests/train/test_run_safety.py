@@ -15,24 +15,7 @@ from gatgan.train.checkpoint import latest_checkpoint, load_network
 from gatgan.train.rundir import RunDirectoryBusy, RunLock, append_stats, read_stats, truncate_stats
 from gatgan.train.trainer import Trainer, TrainingDiverged, train
 
-from tinyrun import tiny_config
-
-
-def poison(trainer: Trainer, steps: set[int], branch: str = "discriminator_loss") -> list[int]:
-    """Makes the loss of the D (or G) step NaN the first time each of `steps` is trained; returns the
-    list of steps at which it did."""
-    original, fired = getattr(trainer.objective, branch), []
-
-    def loss(*args, **kwargs):
-        value, stats = original(*args, **kwargs)
-        step = trainer.step + 1
-        if step in steps and step not in fired:
-            fired.append(step)
-            value = value * float("nan")
-        return value, stats
-
-    setattr(trainer.objective, branch, loss)
-    return fired
+from tinyrun import poison, tiny_config
 
 
 def all_finite(checkpoint: Path) -> bool:

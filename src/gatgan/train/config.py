@@ -23,6 +23,7 @@ from ..losses.objective import PenaltySettings
 from ..losses.penalty import PENALTY_MODES
 from ..losses.repa import REPASettings
 from ..models.registry import MODEL_NAMES
+from .optim import LR_DECAYS
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -73,6 +74,13 @@ class OptimConfig:
     # not average in its untrained start. 0 keeps the per-step ema_decay.
     ema_kimg: float = 0.0
     ema_rampup: float = 0.0
+    # Learning-rate decay, off in the paper's recipe (constant lr): "cosine" or "linear" from 1 at
+    # lr_decay_start (a fraction of train.kimg) down to lr_final (a fraction of the lr) at train.kimg,
+    # then flat. It follows train.kimg: a run resumed with a larger budget continues at the rate the
+    # new budget gives at that point.
+    lr_decay: str = "none"
+    lr_decay_start: float = 0.5  # where the decay begins, as a fraction of train.kimg
+    lr_final: float = 0.1  # the lr at train.kimg (and after it), as a fraction of the starting lr
 
 
 @dataclass
@@ -192,6 +200,9 @@ RULES: dict[str, Rule] = {
     "optim.ema_decay": PROBABILITY,
     "optim.ema_kimg": NON_NEGATIVE,
     "optim.ema_rampup": NON_NEGATIVE,
+    "optim.lr_decay": _one_of(LR_DECAYS),
+    "optim.lr_decay_start": BELOW_ONE,
+    "optim.lr_final": UP_TO_ONE,
     "train.kimg": POSITIVE,
     "train.global_batch": AT_LEAST_ONE,
     "train.batch_per_device": _number(">= 0 (0: global_batch / number of devices)", lambda v: v >= 0),

@@ -49,7 +49,7 @@ from .fsdp import (clip_grad_norm, ema_source, full_optimizer_state, full_weight
 from .evaluation import InTrainingEvaluation
 from .monitor import AlignmentMonitor
 from .compile import compile_blocks
-from .optim import build_optimizer, width_aware_lr
+from .optim import build_optimizer, lr_factor, width_aware_lr
 from .loggers import Logger, NoLogger, build_logger, check_logger
 from .rundir import RunLock, append_stats, read_or_restore, truncate_stats
 
@@ -159,6 +159,7 @@ class Trainer:
         self._evaluation: InTrainingEvaluation | None = None
         self.step = 0
         self._rollbacks = 0
+        self._lr_scale = 1.0  # the divergence back-offs so far, applied on top of optim.lr_decay
         self._resume(checkpoint)
         if self.env.is_main:  # lines past the checkpoint (or of attempts killed before one) are redone
             truncate_stats(self.stats_file, self.step)
@@ -282,6 +283,7 @@ class Trainer:
         load_optimizer_state(self.G, self.opt_G, state["opt_G"])
         load_optimizer_state(self.D, self.opt_D, state["opt_D"])
         self.step = int(state["step"])
+        self._lr_scale = float(state.get("lr_scale", 1.0))  # absent in checkpoints before optim.lr_decay
         rng = state["rng"]
         if len(rng) == self.env.world_size:
             self.noise_rng.set_state(rng[self.env.rank]["noise"])
@@ -341,8 +343,21 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         return norm
 
+    def _schedule_learning_rates(self) -> None:
+        """optim.lr_decay for the coming step (with no decay the rates are left as they are, which
+        keeps the back-offs of earlier roll-backs in the optimisers' own state)."""
+        o = self.config.optim
+        if o.lr_decay == "none":
+            return
+        factor = lr_factor(self.step * self.plan.global_batch / 1000, self.config.train.kimg, o.lr_decay,
+                           o.lr_decay_start, o.lr_final) * self._lr_scale
+        for optimizer, lr in ((self.opt_G, self.lr_G), (self.opt_D, self.lr_D)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
+
     def train_step(self) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        self._schedule_learning_rates()
         batches = self._micro_batches()
         scale = 1.0 / self.plan.accumulation
         penalize = self.step % self.config.loss.penalty.every == 0
@@ -443,7 +458,7 @@ class Trainer:
         optimizers = {"opt_G": full_optimizer_state(self.G, self.opt_G),
                       "opt_D": full_optimizer_state(self.D, self.opt_D)}
         if self.env.is_main:
-            state = {"step": self.step, **optimizers, "rng": gathered}
+            state = {"step": self.step, **optimizers, "rng": gathered, "lr_scale": self._lr_scale}
             damaged = [name for name, tensors in networks.items()
                        if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())]
             if damaged:  # the step checks should make this impossible; a checkpoint is never worth the risk
@@ -523,8 +538,10 @@ class Trainer:
         failed_at = self.step + 1
         # the rates in use, which hold the earlier back-offs (the restored optimisers may not)
         rates = [[group["lr"] for group in opt.param_groups] for opt in (self.opt_G, self.opt_D)]
+        scale = self._lr_scale
         if not self._resume(latest_checkpoint(self.run_dir, quiet=not self.env.is_main)):
             self._reinitialise()
+        self._lr_scale = scale * cfg.divergence_lr_backoff
         for optimizer, lrs in zip((self.opt_G, self.opt_D), rates):
             for group, lr in zip(optimizer.param_groups, lrs):
                 group["lr"] = lr * cfg.divergence_lr_backoff
