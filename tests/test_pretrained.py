@@ -142,3 +142,18 @@ def test_the_generator_can_run_in_bfloat16(exported, model):
     assert images.dtype == np.uint8 and images.shape == (2, 8, 8, 1)
     reference = model.generate([0, 2], output="numpy").astype(int)
     assert np.abs(images.astype(int) - reference).mean() < 8
+
+
+@pytest.mark.parametrize("load", ["GAT.from_run", "gatgan eval"])
+def test_loading_a_run_hashes_each_checkpoint_file_once(tiny_run, monkeypatch, tmp_path, load):
+    """latest_checkpoint verifies the checkpoint it picks; loading it must not hash it again."""
+    import gatgan.train.checkpoint as checkpoint
+
+    hashed, original = [], checkpoint._sha256
+    monkeypatch.setattr(checkpoint, "_sha256", lambda path: hashed.append(path.name) or original(path))
+    if load == "GAT.from_run":
+        GAT.from_run(tiny_run)
+    else:
+        main(["eval", "--run", str(tiny_run), "--num", "8", "--metric", "domain", "--no-ceiling",
+              "--out", str(tmp_path / "eval.json")])
+    assert hashed and len(hashed) == len(set(hashed)), hashed

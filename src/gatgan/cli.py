@@ -162,7 +162,8 @@ def _eval(args: argparse.Namespace) -> None:
         # rank 0 builds it once the images are assembled, so that no rank waits for it inside a collective.
         metric = make_metric(args.device) if world_size == 1 else None
         with launched_group(args.device) as device:
-            sampler = Sampler.from_run(args.run, checkpoint, ema=not args.no_ema, device=device)
+            sampler = Sampler.from_run(args.run, checkpoint, ema=not args.no_ema, device=device,
+                                       verified=not args.checkpoint)  # latest_checkpoint verified it
             sampler.guidance_form = args.guidance_form
             count = len(sampler.class_names)
             labels = class_balanced_labels(args.num, count) if args.labels == "balanced" else \

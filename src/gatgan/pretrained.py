@@ -85,7 +85,8 @@ class GAT:
         """The EMA generator of a run. `checkpoint`: None or "latest" (the newest intact one),
         "best" (checkpoints/best, kept by in-training evaluation), or a checkpoint directory."""
         path = _checkpoint_path(Path(run), checkpoint)
-        sampler = Sampler.from_run(path, device=device)
+        verified = checkpoint in (None, LATEST) and path != Path(run)  # found by latest_checkpoint, which verifies
+        sampler = Sampler.from_run(path, device=device, verified=verified)
         run_dir = path.parent.parent  # runs/<name>/checkpoints/<step>, as Sampler assumes for the tokenizer
         training, (data, _) = read_config(path / "config.yaml"), read_data_card(path)
         config = _export_config(training, data, sampler.generator)

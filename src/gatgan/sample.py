@@ -34,12 +34,15 @@ class Sampler:
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str | Path | None = None, ema: bool = True,
-                 device: str | torch.device = "cpu") -> "Sampler":
+                 device: str | torch.device = "cpu", verified: bool = False) -> "Sampler":
         """`run` is a run directory (its newest intact checkpoint) or a checkpoint directory (a step,
-        or `checkpoints/best`, which holds only the EMA generator), whose checksums are verified."""
+        or `checkpoints/best`, which holds only the EMA generator), whose checksums are verified
+        unless the caller has just done so (`verified`, e.g. after `latest_checkpoint`): hashing a
+        large model's checkpoint twice costs as long as reading it twice."""
         path = Path(checkpoint) if checkpoint else Path(run)
         if (path / MANIFEST).is_file() or (path / "generator_ema.safetensors").is_file():
-            verify_checkpoint(path)
+            if not verified:
+                verify_checkpoint(path)
         else:
             found = latest_checkpoint(path)
             if found is None:
