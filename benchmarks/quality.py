@@ -34,7 +34,7 @@ SCREEN = ["train.kimg=32", "eval.every=250", "train.checkpoint_every=250", "trai
 # The `fmnist` preset as it was before this study (commit 20c6f4f): every arm starts from it, so the
 # arms stay what they were after the preset changed.
 BEFORE = ["loss.mng.num_levels=4", "optim.base_lr=2e-4", "optim.ema_kimg=0", "optim.ema_rampup=0",
-          "loss.penalty.every=1", "train.kimg=72"]
+          "optim.lr_decay=none", "loss.penalty.every=1", "train.kimg=72"]
 # arm -> (what it changes, overrides of BEFORE)
 ARMS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("the fmnist preset before this study", []),
@@ -288,7 +288,8 @@ def seconds_per_step(arms: list[str], steps: int, rounds: int) -> dict[str, floa
 
 
 FINALS = {"before (72 kimg)": ["baseline-full"], "after (96 kimg)": ["after-full", "after-full-seed1"],
-          "after, R1/R2 every step (72 kimg)": ["after-eager-full"], "after, resumed longer": ["after-long"]}
+          "after, R1/R2 every step (72 kimg)": ["after-eager-full"], "after, resumed longer": ["after-long"],
+          "after + cosine lr decay (96 kimg)": ["after-decay-full", "after-decay-full-seed1"]}
 # The MNG pair at depth 8: trained to 16 kimg by `train --arms mini-mng mini-mng-off train.kimg=16`
 # (and --seed 1), then resumed to 48 kimg with `gatgan train -c runs/quality/<run>/config.yaml train.kimg=48`.
 MINI_FINALS = {"exponential MNG": ["mini-mng", "mini-mng-seed1"], "MNG off": ["mini-mng-off", "mini-mng-off-seed1"]}
@@ -337,6 +338,13 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
         "",
         *kimg_report(out, {"before": runs_dir / "baseline-full", "after, seed 0 (resumed past 96 kimg)": runs_dir / LONGER,
                            "after, seed 1": runs_dir / "after-full-seed1"}, "kimg.png", "FD and recall against kimg"),
+        "",
+        "## 3b. The same preset with a cosine lr decay over the second half of its budget (seeds 0 and 1)",
+        "",
+        *kimg_report(out, {"after, seed 0": runs_dir / "after-full", "after, seed 1": runs_dir / "after-full-seed1",
+                           "after + decay, seed 0": runs_dir / "after-decay-full",
+                           "after + decay, seed 1": runs_dir / "after-decay-full-seed1"}, "decay.png",
+                     "constant lr vs cosine decay"),
         "",
         f"## 4. MNG at depth 8 (GAT-Mini/2, new recipe, seeds 0 and 1; {samples:,} samples, truncation 1)",
         "",

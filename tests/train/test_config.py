@@ -56,7 +56,7 @@ OUT_OF_RANGE = {
     "loss.repa.weight": "-1",
     "optim.base_lr": "0", "optim.base_width": "0", "optim.beta1": "-0.1", "optim.beta2": "1", "optim.eps": "0",
     "optim.weight_decay": "-1", "optim.grad_clip": "0", "optim.ema_decay": "1.5", "optim.ema_kimg": "-1",
-    "optim.ema_rampup": "-0.5",
+    "optim.ema_rampup": "-0.5", "optim.lr_decay": "step", "optim.lr_decay_start": "1", "optim.lr_final": "0",
     "train.kimg": "-1", "train.global_batch": "0", "train.batch_per_device": "-4", "train.seed": "-1",
     "train.precision": "fp16", "train.device": "tpu", "train.log_every": "0", "train.sample_every": "0",
     "train.align_every": "-1", "train.diagnose_every": "-50", "train.checkpoint_every": "0",
@@ -135,6 +135,7 @@ def test_the_ablation_baseline_stays_the_preset_the_ablations_were_run_with():
     base = load_config("ablations/baseline")
     assert base.loss.mng.num_levels == 4 and base.loss.penalty.every == 1
     assert (base.optim.base_lr, base.optim.ema_decay, base.optim.ema_kimg, base.train.kimg) == (2e-4, 0.99, 0, 72)
+    assert base.optim.lr_decay == "none"
 
 
 def test_base_chains_merge_nested_sections_and_overrides_win(tmp_path):
