@@ -21,7 +21,8 @@ import json
 import math
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -39,6 +40,7 @@ from .requests import MAX_GUIDANCE, MAX_SEED, GenerateRequest, InterpolateReques
 
 STATIC = resources.files("gatgan.serve") / "static"
 RETRY_AFTER_S = 1
+T = TypeVar("T")
 GENERATION_BATCH = 64  # fixed, so that an image never depends on how many others share its request
 
 
@@ -134,34 +136,43 @@ def create_app(model: GAT, limits: ServeLimits = ServeLimits()) -> FastAPI:
     async def generate(request: GenerateRequest) -> Response:
         label = _class_index(model, request.class_)
         _check_count(len(request.seeds), limits, "seeds")
-        images = await _generate(queue, model.sampler.images, request.seeds, [label] * len(request.seeds),
-                                 request.truncation, request.guidance, GENERATION_BATCH)
-        settings = {"class": model.class_names[label], "class_index": label, "truncation": request.truncation,
-                    "guidance": request.guidance}
+        columns = request.columns or min(len(request.seeds), 8)
+
+        def work() -> bytes | list[str]:  # generating and PNG encoding both run on the worker thread
+            images = model.sampler.images(request.seeds, [label] * len(request.seeds), request.truncation,
+                                          request.guidance, GENERATION_BATCH)
+            return png_bytes(tile(images, columns)) if request.format == "png" else _base64_pngs(images)
+
+        encoded = await _generate(queue, work)
         if request.format == "png":
-            columns = request.columns or min(len(images), 8)
-            return Response(png_bytes(tile(images, columns)), media_type="image/png")
-        return JSONResponse(settings | {"width": width, "height": height, "images": [
-            {"seed": seed, "png": _base64_png(image)} for seed, image in zip(request.seeds, images)]})
+            return Response(encoded, media_type="image/png")
+        return JSONResponse({"class": model.class_names[label], "class_index": label, "truncation": request.truncation,
+                             "guidance": request.guidance, "width": width, "height": height,
+                             "images": [{"seed": seed, "png": png} for seed, png in zip(request.seeds, encoded)]})
 
     @app.post("/interpolate")
     async def interpolate(request: InterpolateRequest) -> Response:
         label = _class_index(model, request.class_)
         _check_count(request.frames, limits, "steps", what="frames ((len(seeds) - 1) x (steps - 1) + 1)")
-        frames = await _generate(queue, interpolation_frames, model.sampler, label, request.seeds, request.steps,
-                                 request.space, request.truncation, GENERATION_BATCH)
+
+        def work() -> bytes | list[str]:
+            frames = interpolation_frames(model.sampler, label, request.seeds, request.steps, request.space,
+                                          request.truncation, GENERATION_BATCH)
+            return png_bytes(tile(frames, len(frames), padding=0)) if request.format == "png" else _base64_pngs(frames)
+
+        encoded = await _generate(queue, work)
         if request.format == "png":
-            return Response(png_bytes(tile(frames, len(frames), padding=0)), media_type="image/png")
+            return Response(encoded, media_type="image/png")
         return JSONResponse({"class": model.class_names[label], "class_index": label, "seeds": request.seeds,
                              "steps": request.steps, "space": request.space, "truncation": request.truncation,
-                             "width": width, "height": height, "frames": [_base64_png(f) for f in frames]})
+                             "width": width, "height": height, "frames": encoded})
 
     return app
 
 
-async def _generate(queue: GenerationQueue, fn: Any, *args: Any) -> np.ndarray:
+async def _generate(queue: GenerationQueue, work: Callable[[], T]) -> T:
     try:
-        return await queue.run(fn, *args)
+        return await queue.run(work)
     except QueueFull as error:
         raise RequestError(503, f"the server is busy: {error}; retry in a moment") from None
 
@@ -179,8 +190,8 @@ def _check_count(count: int, limits: ServeLimits, field: str, what: str = "image
         raise RequestError(422, f"at most {limits.max_images} {what} per request, got {count}", field)
 
 
-def _base64_png(image: np.ndarray) -> str:
-    return base64.b64encode(png_bytes(image)).decode("ascii")
+def _base64_pngs(images: np.ndarray) -> list[str]:
+    return [base64.b64encode(png_bytes(image)).decode("ascii") for image in images]
 
 
 def _image_shape(model: GAT) -> tuple[int, int, int]:
