@@ -4,13 +4,14 @@
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from tinyrun import tiny_overrides
 
-from gatgan import cli
-from gatgan.cli import main
+from gatgan.cli import main, model_files
 from gatgan.train.config import Config, config_text
 
 
@@ -103,14 +104,26 @@ def _raising(error: BaseException):
 
 
 def test_a_programming_error_keeps_its_traceback(monkeypatch):
-    monkeypatch.setattr(cli, "_models", _raising(TypeError("a bug")))
+    monkeypatch.setattr(model_files, "_models", _raising(TypeError("a bug")))
     with pytest.raises(TypeError, match="a bug"):
         main(["models"])
 
 
 def test_ctrl_c_is_a_short_message_and_exit_code_130(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_models", _raising(KeyboardInterrupt()))
+    monkeypatch.setattr(model_files, "_models", _raising(KeyboardInterrupt()))
     assert _fail(["models"], capsys, code=130) == "gatgan models: error: interrupted"
+
+
+def test_a_reader_that_leaves_early_gets_no_error_message():
+    """`gatgan models | head -1`: the pipe closes under the writer, which stops without a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "gatgan.cli", "models"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")
 
 
 @pytest.mark.parametrize("argv, message", [
