@@ -7,6 +7,7 @@ eager, and a graph break costs one block rather than the step.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from collections.abc import Iterable
@@ -38,6 +39,8 @@ def compile_blocks(blocks: Iterable[nn.Module], device: torch.device, announce: 
             print(f"train.compile: {reason}; training without compilation", file=sys.stderr)
         return False
     torch._dynamo.config.suppress_errors = True
+    if device.type == "cpu":  # inductor's C++ toolchain probe warns "No CUDA runtime is found" on CPU-only runs
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for block in blocks:
         block.compile()
     return True
