@@ -28,8 +28,8 @@ def domain_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_then_sample_from_the_command_line(tiny_data_with_teacher, tmp_path, capsys):
-    """The shipped preset (REPA on, with the teacher stored with the data) on the tiny data."""
-    main(["train", "-c", "fmnist", *tiny_overrides(tiny_data_with_teacher, tmp_path)])
+    """The shipped preset (REPA on, with the teacher stored with the data, compiled blocks) on the tiny data."""
+    main(["train", "-c", "fmnist", *tiny_overrides(tiny_data_with_teacher, tmp_path, **{"train.compile": True})])
     run = tmp_path / "tiny"
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "latest").is_file()
     out, grid = tmp_path / "s.npz", tmp_path / "grid.png"

@@ -136,6 +136,7 @@ def test_the_ablation_baseline_stays_the_preset_the_ablations_were_run_with():
     assert base.loss.mng.num_levels == 4 and base.loss.penalty.every == 1
     assert (base.optim.base_lr, base.optim.ema_decay, base.optim.ema_kimg, base.train.kimg) == (2e-4, 0.99, 0, 72)
     assert base.optim.lr_decay == "none"
+    assert not base.train.compile and not base.train.single_generator_pass
 
 
 def test_base_chains_merge_nested_sections_and_overrides_win(tmp_path):

@@ -100,8 +100,9 @@ class TrainConfig:
     strategy: str = "ddp"
     timeout_minutes: float = 90.0  # collectives' timeout (the authors' 5400 s): long evaluations run on rank 0
     # One generator forward per iteration instead of two (the same maths; without gradient
-    # accumulation only, as it holds G's activations through the D step). Off: on a CPU it measured
-    # 1.01x the two-pass step (GAT-S/2, benchmarks/step_variants.py); unmeasured on GPUs
+    # accumulation only, as it holds G's activations through the D step). Off by default: on a CPU
+    # it measured 1.01x the two-pass step for GAT-S/2 but 0.95x for the fmnist preset's GAT-Micro/2,
+    # where it is on (benchmarks/step_variants.py); unmeasured on GPUs
     single_generator_pass: bool = False
     device: str = "auto"  # "auto", "cpu" or "cuda"
     log_every: int = 50  # steps
