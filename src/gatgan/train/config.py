@@ -93,7 +93,9 @@ class TrainConfig:
     tf32: bool = True  # TF32 matmuls and convolutions on CUDA, like the authors' --allow-tf32 (no effect on CPUs)
     grad_checkpointing: bool = False
     # torch.compile of every transformer block of G and D (the same maths, fewer kernels). Falls back
-    # to eager, saying so, when the compiler toolchain is missing or a block fails to compile.
+    # to eager, saying so, when the compiler toolchain is missing or a block fails to compile. On a
+    # CPU, fmnist's GAT-Micro/2 iteration takes 0.71-0.77x the eager one after ~80 s of compilation
+    # (a first run; later ones reuse inductor's cache).
     compile: bool = False
     # "ddp" replicates G and D on every device; "fsdp" shards them (FSDP2, per transformer block) for
     # models too large to replicate. Both write the same full checkpoints, so a run may switch on resume.
