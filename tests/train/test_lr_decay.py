@@ -100,3 +100,27 @@ def test_a_roll_back_lowers_the_scheduled_rates_and_the_checkpoint_keeps_the_bac
     np.testing.assert_allclose(rates, expected_rates(trainer, range(4)) + expected_rates(trainer, range(3, 8), 0.5),
                                rtol=1e-12)
     assert load_state(latest_checkpoint(tmp_path / "tiny"))["lr_scale"] == 0.5
+
+
+def test_a_checkpoint_from_before_the_decay_keeps_the_back_off_its_optimisers_held(tiny_data, tmp_path):
+    """Such checkpoints have no `lr_scale`: an earlier roll-back lives only in the optimisers' rates."""
+    old = Trainer(tiny_config(tiny_data, tmp_path), progress=False)
+    for _ in range(3):
+        old.train_step()
+    old.save()
+    old.close()
+    old.release_lock()
+    checkpoint = latest_checkpoint(tmp_path / "tiny")
+    state = load_state(checkpoint)
+    del state["lr_scale"]
+    for name in ("opt_G", "opt_D"):
+        for group in state[name]["param_groups"]:
+            group["lr"] *= 0.5
+    torch.save(state, checkpoint / "state.pt")
+    (checkpoint / "checksums.json").unlink()  # the layout of that time
+    resumed = Trainer(tiny_config(tiny_data, tmp_path, **{"train.kimg": 0.06}), progress=False)
+    rates = record_rates(resumed)
+    resumed.train()
+    resumed.close()
+    assert resumed.step == 5 and resumed._lr_scale == pytest.approx(0.5)
+    np.testing.assert_allclose(rates, [(0.5 * resumed.lr_G, 0.5 * resumed.lr_D)] * 2, rtol=1e-12)

@@ -283,7 +283,9 @@ class Trainer:
         load_optimizer_state(self.G, self.opt_G, state["opt_G"])
         load_optimizer_state(self.D, self.opt_D, state["opt_D"])
         self.step = int(state["step"])
-        self._lr_scale = float(state.get("lr_scale", 1.0))  # absent in checkpoints before optim.lr_decay
+        # checkpoints from before optim.lr_decay kept the back-offs only in the optimisers' own rates
+        self._lr_scale = float(state["lr_scale"]) if "lr_scale" in state else \
+            self.opt_G.param_groups[0]["lr"] / self.lr_G
         rng = state["rng"]
         if len(rng) == self.env.world_size:
             self.noise_rng.set_state(rng[self.env.rank]["noise"])
@@ -344,11 +346,8 @@ class Trainer:
         return norm
 
     def _schedule_learning_rates(self) -> None:
-        """optim.lr_decay for the coming step (with no decay the rates are left as they are, which
-        keeps the back-offs of earlier roll-backs in the optimisers' own state)."""
+        """The coming step's rates: optim.lr_decay's factor times the divergence back-offs so far."""
         o = self.config.optim
-        if o.lr_decay == "none":
-            return
         factor = lr_factor(self.step * self.plan.global_batch / 1000, self.config.train.kimg, o.lr_decay,
                            o.lr_decay_start, o.lr_final) * self._lr_scale
         for optimizer, lr in ((self.opt_G, self.lr_G), (self.opt_D, self.lr_D)):
@@ -536,15 +535,10 @@ class Trainer:
                                    f"learning rates (train.divergence_retries). Check the data for non-finite "
                                    f"values, lower optim.base_lr, or start from an earlier checkpoint")
         failed_at = self.step + 1
-        # the rates in use, which hold the earlier back-offs (the restored optimisers may not)
-        rates = [[group["lr"] for group in opt.param_groups] for opt in (self.opt_G, self.opt_D)]
-        scale = self._lr_scale
+        scale = self._lr_scale  # holds the back-offs since the checkpoint, which the checkpoint does not
         if not self._resume(latest_checkpoint(self.run_dir, quiet=not self.env.is_main)):
             self._reinitialise()
-        self._lr_scale = scale * cfg.divergence_lr_backoff
-        for optimizer, lrs in zip((self.opt_G, self.opt_D), rates):
-            for group, lr in zip(optimizer.param_groups, lrs):
-                group["lr"] = lr * cfg.divergence_lr_backoff
+        self._lr_scale = scale * cfg.divergence_lr_backoff  # the next step's _schedule_learning_rates applies it
         self._batches_step = -1  # the data restarts at the restored step
         if self.env.is_main:
             truncate_stats(self.stats_file, self.step)
