@@ -82,6 +82,8 @@ ARMS["compiled-lr8e-4"] = ("after-compiled at 2x its base lr (8e-4), with the sa
                            [*ARMS["after-compiled"][1], "optim.base_lr=8e-4"])
 ARMS["compiled-gamma1"] = ("after-compiled with R1/R2 weighted 1 instead of 0.1",
                            [*ARMS["after-compiled"][1], "loss.penalty.gamma_r1=1.0", "loss.penalty.gamma_r2=1.0"])
+ARMS["compiled-gamma0.03"] = ("after-compiled with R1/R2 weighted 0.03 instead of 0.1",
+                              [*ARMS["after-compiled"][1], "loss.penalty.gamma_r1=0.03", "loss.penalty.gamma_r2=0.03"])
 # The paper's MNG claim where it is meant to hold, with the new recipe: an 8-block generator.
 MINI = ["model.generator=GAT-Mini/2", "model.discriminator=GAT-Mini/2"]
 ARMS["mini-mng"] = ("GAT-Mini/2 (8 blocks), new recipe, exponential MNG", [*AFTER, *MINI, "loss.mng.num_levels=4"])
@@ -99,7 +101,8 @@ def run_name(arm: str, full: bool, seed: int) -> str:
 # `time` measures the one on the right.
 SAME_COST = {arm: "baseline" for arm in ("mapping-lr1", "lr2x", "gamma1", "ema-ramp", "beta2-999")} | \
     {f"mng-off+{arm}": "mng-off" for arm in ("lr2x", "gamma1", "ema-ramp", "beta2-999")} | \
-    {f"compiled-{arm}": "after-compiled" for arm in ("ema15", "ema20", "lr8e-4", "gamma1")} | {"after-decay": "after"}
+    {f"compiled-{arm}": "after-compiled" for arm in ("ema15", "ema20", "lr8e-4", "gamma1", "gamma0.03")} | \
+    {"after-decay": "after"}
 
 
 def commands(arms: list[str], runs_dir: Path, full: bool, seed: int, extra: list[str]) -> dict[str, list[str]]:
@@ -234,7 +237,8 @@ def final_report(runs_dir: Path, out: Path, finals: dict[str, list[str]], sample
 
 
 def kimg_report(out: Path, runs: dict[str, Path], name: str, title: str) -> list[str]:
-    """FD and recall of the in-training metric against kimg, one curve per run."""
+    """FD and recall (and coverage, when every run logged it) of the in-training metric against
+    kimg, one curve per run."""
     curves = {label: curve(run) for label, run in runs.items() if (run / "stats.jsonl").is_file()}
     if not curves:
         return []
@@ -243,13 +247,16 @@ def kimg_report(out: Path, runs: dict[str, Path], name: str, title: str) -> list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    keys = [("eval/fd", "domain FD"), ("eval/recall", "recall")]
+    if all("eval/coverage" in p for points in curves.values() for p in points):
+        keys.append(("eval/coverage", "coverage"))
+    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8))
     for label, points in curves.items():
-        kimg = [p["kimg"] for p in points]
-        axes[0].plot(kimg, [p["eval/fd"] for p in points], marker="o", markersize=3, label=label)
-        axes[1].plot(kimg, [p["eval/recall"] for p in points], marker="o", markersize=3, label=label)
-    axes[0].set(xlabel="kimg", ylabel="domain FD (2,000 samples)", yscale="log", title=title)
-    axes[1].set(xlabel="kimg", ylabel="recall (2,000 samples)", title=title)
+        for axis, (key, _) in zip(axes, keys):
+            axis.plot([p["kimg"] for p in points], [p[key] for p in points], marker="o", markersize=3, label=label)
+    for axis, (_, ylabel) in zip(axes, keys):
+        axis.set(xlabel="kimg", ylabel=f"{ylabel} (2,000 samples)", title=title)
+    axes[0].set_yscale("log")
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
@@ -315,6 +322,12 @@ FINALS = {"before (72 kimg)": ["baseline-full"], "after (96 kimg)": ["after-full
 # The MNG pair at depth 8: trained to 16 kimg by `train --arms mini-mng mini-mng-off train.kimg=16`
 # (and --seed 1), then resumed to 48 kimg with `gatgan train -c runs/quality/<run>/config.yaml train.kimg=48`.
 MINI_FINALS = {"exponential MNG": ["mini-mng", "mini-mng-seed1"], "MNG off": ["mini-mng-off", "mini-mng-off-seed1"]}
+# Single changes to the compiled preset, each against its seed's after-compiled run at the same cost.
+COMPILED_FINALS = {"after-compiled (the preset)": ["after-compiled-full", "after-compiled-full-seed1"],
+                   "EMA ramp-up 0.15": ["compiled-ema15-full"], "EMA 20 kimg, ramp-up 0.2": ["compiled-ema20-full"],
+                   "base lr 8e-4": ["compiled-lr8e-4-full", "compiled-lr8e-4-full-seed1"],
+                   "R1/R2 weight 1": ["compiled-gamma1-full", "compiled-gamma1-full-seed1"],
+                   "R1/R2 weight 0.03": ["compiled-gamma0.03-full", "compiled-gamma0.03-full-seed1"]}
 LONGER = "after-long"  # the `after` arm resumed to a longer budget in its own directory (see FINDINGS)
 
 
@@ -354,7 +367,7 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
         "",
         "Sample grids (rows: classes; columns: seeds 0–9), before then after:",
         "",
-        "![before](grid-baseline-full.png) ![after](grid-after-full.png)",
+        "![before](grid-baseline-full.png) ![after](grid-after-compiled-full.png)",
         "",
         "## 3. In-training metric against images seen",
         "",
@@ -367,6 +380,19 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
                            "after + decay, seed 0": runs_dir / "after-decay-full",
                            "after + decay, seed 1": runs_dir / "after-decay-full-seed1"}, "decay.png",
                      "constant lr vs cosine decay"),
+        "",
+        f"## 3c. The preset's compiled step spent on 120 kimg, and single changes to it ({samples:,} samples)",
+        "",
+        "The EMA arms follow the seed-0 preset run's raw generator exactly (the EMA changes no step), so they "
+        "differ from it only in the average.",
+        "",
+        *final_report(runs_dir, out, COMPILED_FINALS, samples),
+        "",
+        *kimg_report(out, {"decay, 96 kimg eager, seed 0": runs_dir / "after-decay-full",
+                           "decay, 96 kimg eager, seed 1": runs_dir / "after-decay-full-seed1",
+                           "compiled, 120 kimg, seed 0": runs_dir / "after-compiled-full",
+                           "compiled, 120 kimg, seed 1": runs_dir / "after-compiled-full-seed1"}, "compiled.png",
+                     "96 eager vs 120 compiled kimg (same time)"),
         "",
         f"## 4. MNG at depth 8 (GAT-Mini/2, new recipe, seeds 0 and 1; {samples:,} samples, truncation 1)",
         "",
