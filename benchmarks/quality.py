@@ -82,8 +82,6 @@ ARMS["compiled-lr8e-4"] = ("after-compiled at 2x its base lr (8e-4), with the sa
                            [*ARMS["after-compiled"][1], "optim.base_lr=8e-4"])
 ARMS["compiled-gamma1"] = ("after-compiled with R1/R2 weighted 1 instead of 0.1",
                            [*ARMS["after-compiled"][1], "loss.penalty.gamma_r1=1.0", "loss.penalty.gamma_r2=1.0"])
-ARMS["compiled-gamma0.03"] = ("after-compiled with R1/R2 weighted 0.03 instead of 0.1",
-                              [*ARMS["after-compiled"][1], "loss.penalty.gamma_r1=0.03", "loss.penalty.gamma_r2=0.03"])
 # The paper's MNG claim where it is meant to hold, with the new recipe: an 8-block generator.
 MINI = ["model.generator=GAT-Mini/2", "model.discriminator=GAT-Mini/2"]
 ARMS["mini-mng"] = ("GAT-Mini/2 (8 blocks), new recipe, exponential MNG", [*AFTER, *MINI, "loss.mng.num_levels=4"])
@@ -101,7 +99,7 @@ def run_name(arm: str, full: bool, seed: int) -> str:
 # `time` measures the one on the right.
 SAME_COST = {arm: "baseline" for arm in ("mapping-lr1", "lr2x", "gamma1", "ema-ramp", "beta2-999")} | \
     {f"mng-off+{arm}": "mng-off" for arm in ("lr2x", "gamma1", "ema-ramp", "beta2-999")} | \
-    {f"compiled-{arm}": "after-compiled" for arm in ("ema15", "ema20", "lr8e-4", "gamma1", "gamma0.03")} | \
+    {f"compiled-{arm}": "after-compiled" for arm in ("ema15", "ema20", "lr8e-4", "gamma1")} | \
     {"after-decay": "after"}
 
 
@@ -325,9 +323,8 @@ MINI_FINALS = {"exponential MNG": ["mini-mng", "mini-mng-seed1"], "MNG off": ["m
 # Single changes to the compiled preset, each against its seed's after-compiled run at the same cost.
 COMPILED_FINALS = {"after-compiled (the preset)": ["after-compiled-full", "after-compiled-full-seed1"],
                    "EMA ramp-up 0.15": ["compiled-ema15-full"], "EMA 20 kimg, ramp-up 0.2": ["compiled-ema20-full"],
-                   "base lr 8e-4": ["compiled-lr8e-4-full", "compiled-lr8e-4-full-seed1"],
-                   "R1/R2 weight 1": ["compiled-gamma1-full", "compiled-gamma1-full-seed1"],
-                   "R1/R2 weight 0.03": ["compiled-gamma0.03-full", "compiled-gamma0.03-full-seed1"]}
+                   "base lr 8e-4": ["compiled-lr8e-4-full"],
+                   "R1/R2 weight 1": ["compiled-gamma1-full", "compiled-gamma1-full-seed1"]}
 LONGER = "after-long"  # the `after` arm resumed to a longer budget in its own directory (see FINDINGS)
 
 
