@@ -43,4 +43,7 @@ def compile_blocks(blocks: Iterable[nn.Module], device: torch.device, announce: 
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for block in blocks:
         block.compile()
+    if announce:  # otherwise the progress bar's first rate reads as a run of hours
+        print("train.compile: the blocks compile during the first iterations (about a minute on a CPU)",
+              file=sys.stderr)
     return True
