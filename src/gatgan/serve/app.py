@@ -19,9 +19,9 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -141,7 +141,7 @@ def create_app(model: GAT, limits: ServeLimits = ServeLimits()) -> FastAPI:
         def work() -> bytes | list[str]:  # generating and PNG encoding both run on the worker thread
             images = model.sampler.images(request.seeds, [label] * len(request.seeds), request.truncation,
                                           request.guidance, GENERATION_BATCH)
-            return png_bytes(tile(images, columns)) if request.format == "png" else _base64_pngs(images)
+            return _encoded(images, request.format, columns)
 
         encoded = await _generate(queue, work)
         if request.format == "png":
@@ -158,7 +158,7 @@ def create_app(model: GAT, limits: ServeLimits = ServeLimits()) -> FastAPI:
         def work() -> bytes | list[str]:
             frames = interpolation_frames(model.sampler, label, request.seeds, request.steps, request.space,
                                           request.truncation, GENERATION_BATCH)
-            return png_bytes(tile(frames, len(frames), padding=0)) if request.format == "png" else _base64_pngs(frames)
+            return _encoded(frames, request.format, len(frames), padding=0)
 
         encoded = await _generate(queue, work)
         if request.format == "png":
@@ -190,7 +190,10 @@ def _check_count(count: int, limits: ServeLimits, field: str, what: str = "image
         raise RequestError(422, f"at most {limits.max_images} {what} per request, got {count}", field)
 
 
-def _base64_pngs(images: np.ndarray) -> list[str]:
+def _encoded(images: np.ndarray, response_format: str, columns: int, **tile_options: int) -> bytes | list[str]:
+    """One PNG grid (response format "png") or one base64 PNG per image ("json")."""
+    if response_format == "png":
+        return png_bytes(tile(images, columns, **tile_options))
     return [base64.b64encode(png_bytes(image)).decode("ascii") for image in images]
 
 
