@@ -90,6 +90,21 @@ def test_the_model_card_describes_the_model_and_the_limits(small, gat):
                               "max_seed": 2**32 - 1, "truncation": [0.0, 1.0], "guidance": [0.0, 10.0]}
 
 
+@pytest.mark.parametrize("source, sent", [
+    ("folder:/srv/team/my pets (class folders)", "folder:my pets (class folders)"),
+    ("zip:/srv/data/pets.zip (one folder per class)", "zip:pets.zip (one folder per class)"),
+    ("fashion-mnist:/usr/share/datasets/fashion-mnist", "fashion-mnist:fashion-mnist"),
+    ("repa:relative/dir", "repa:dir"),
+    ("an array given in memory", "an array given in memory"),
+    (None, None),
+])
+def test_the_data_source_is_sent_without_the_servers_directories(gat, source, sent):
+    card = gat.card | {"data": {**gat.card["data"], "source": source}}
+    with _client(dataclasses.replace(gat, card=card)) as client:
+        data = client.get("/model").json()["data"]
+    assert data == {"source": sent, "count": gat.card["data"]["count"]}
+
+
 def test_scores_that_could_not_be_computed_are_sent_as_null(gat):
     """JSON has no NaN: a NaN score must not break /model (or send the non-JSON token NaN)."""
     scores = {"best": {"fid": math.nan, "step": 3}, "last_eval": {"fid": 12.5, "kid": math.inf}}

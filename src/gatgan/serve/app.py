@@ -19,9 +19,11 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import PurePath
 from typing import TypeVar
 
 import numpy as np
@@ -206,16 +208,28 @@ def _image_shape(model: GAT) -> tuple[int, int, int]:
 def _model_info(model: GAT, limits: ServeLimits, shape: tuple[int, int, int]) -> dict:
     card = model.card
     scores = card.get("scores") or {}
+    data = card.get("data") or {}
     return {
         "name": card.get("name"), "generator": card.get("generator"), "parameters": card.get("parameters"),
         "step": card.get("step"), "kimg": card.get("kimg"), "num_classes": model.num_classes,
         "image": {"height": shape[0], "width": shape[1], "channels": shape[2]},
-        "data": {k: v for k, v in (card.get("data") or {}).items() if k in ("source", "count")},
+        "data": {"source": _without_directories(data.get("source")), "count": data.get("count")},
         "scores": {"best": _finite(scores.get("best")), "last_eval": _finite(scores.get("last_eval"))},
         "limits": {"max_images": limits.max_images, "max_body_bytes": limits.max_body_bytes,
                    "max_waiting": limits.max_waiting, "max_seed": MAX_SEED, "truncation": [0.0, 1.0],
                    "guidance": [0.0, MAX_GUIDANCE]},
     }
+
+
+def _without_directories(source: str | None) -> str | None:
+    """A data source names where the images were on the training machine ("folder:/srv/team/pets
+    (class folders)"). A client is told the data set ("folder:pets (class folders)"), not how that
+    disk is laid out."""
+    described = re.fullmatch(r"([\w.-]+):(.+?)( \([^()]*\))?", source or "")
+    if described is None:
+        return source
+    kind, path, layout = described.groups()
+    return f"{kind}:{PurePath(path).name}{layout or ''}"
 
 
 def _finite(record: dict | None) -> dict | None:

@@ -210,8 +210,8 @@ function cardRows({ name, generator, parameters, kimg, step, num_classes: classe
   ];
 }
 
-/** "fashion-mnist:/usr/share/datasets/fashion-mnist" -> "fashion-mnist": the data set, not a path
- * on the server (the card's tooltip keeps the whole source). */
+/** "folder:pets (class folders)" -> "folder": the kind of data set (the card's tooltip keeps the
+ * whole source, which the server sends without its directories). */
 function dataName(source) {
   return source ? source.split(":")[0] : "unknown";
 }
