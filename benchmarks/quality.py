@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablations import _commit, last_record, run_jobs, trained_at  # noqa: E402  (a sibling script)
+from train_throughput import interleaved  # noqa: E402
 
 SCREEN = ["train.kimg=32", "eval.every=250", "train.checkpoint_every=250", "train.keep_checkpoints=0"]
 # The `fmnist` preset as it was before this study (commit 20c6f4f): every arm starts from it, so the
@@ -298,21 +297,12 @@ def seconds_per_step(arms: list[str], steps: int, rounds: int) -> dict[str, floa
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {arm: Trainer(load_config("fmnist", [f"run.dir={tmp}", f"run.name=timing-{i}", *BEFORE, *ARMS[arm][1]]),
-                                 progress=False) for i, arm in enumerate(arms)}
-        for trainer in trainers.values():
-            for _ in range(3):
-                trainer.train_step()
-        best = {arm: math.inf for arm in arms}
-        for _ in range(rounds):
-            for arm, trainer in trainers.items():
-                start = time.perf_counter()
-                for _ in range(steps):
-                    trainer.train_step()
-                best[arm] = min(best[arm], (time.perf_counter() - start) / steps)
+        trainers = {arm: Trainer(load_config("fmnist", [f"run.dir={tmp}", f"run.name=timing-{i}", *BEFORE,
+                                                        *ARMS[arm][1]]), progress=False) for i, arm in enumerate(arms)}
+        _, per_round = interleaved(trainers, rounds, steps, warmup=3)
         for trainer in trainers.values():
             trainer.close()
-    return best
+    return {arm: min(seconds) for arm, seconds in per_round.items()}
 
 
 FINALS = {"before (72 kimg)": ["baseline-full"], "after (96 kimg)": ["after-full", "after-full-seed1"],

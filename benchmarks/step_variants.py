@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import make_data, timed  # noqa: E402  (a sibling script)
+from train_throughput import interleaved, make_data  # noqa: E402  (a sibling script)
 
 # variant -> (what it changes, overrides); the first is the reference
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -64,12 +64,7 @@ def main() -> None:
                   f"train.device={args.device}", f"train.precision={args.precision}", f"train.threads={args.threads}"]
         trainers = {name: Trainer(load_config(None, [*common, f"run.name={name.replace('+', '-')}", *overrides]),
                                   progress=False) for name, (_, overrides) in VARIANTS.items() if name in args.variants}
-        device = next(iter(trainers.values())).device
-        first = {name: timed(trainer.train_step, device) for name, trainer in trainers.items()}  # warm-up
-        seconds: dict[str, list[float]] = {name: [] for name in trainers}
-        for _ in range(args.rounds):
-            for name, trainer in trainers.items():
-                seconds[name].append(timed(trainer.train_step, device))
+        first, seconds = interleaved(trainers, args.rounds)
         for trainer in trainers.values():
             trainer.close()
         shutdown_distributed()

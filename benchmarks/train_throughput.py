@@ -24,11 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+if TYPE_CHECKING:
+    from gatgan.train.trainer import Trainer
 
 NUM_EXAMPLES = 2048  # synthetic prepared examples per configuration
 SAMPLE_REPEATS = 3  # timed sampling batches (after one warm-up batch)
@@ -53,6 +56,25 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def interleaved(trainers: Mapping[str, Trainer], rounds: int, steps: int = 1, warmup: int = 1
+                ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Seconds per training iteration of trainers that share one process, their rounds of `steps`
+    iterations taken in turn, so that a machine whose speed drifts, or that is shared, slows them
+    alike and their ratios hold. Returns each trainer's first iteration (which pays any compilation;
+    `warmup` - 1 more follow it untimed) and its seconds per iteration in each round."""
+    device = next(iter(trainers.values())).device
+    first = {}
+    for name, trainer in trainers.items():
+        first[name] = timed(trainer.train_step, device)
+        for _ in range(warmup - 1):
+            trainer.train_step()
+    per_round: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            per_round[name].append(timed(lambda: [trainer.train_step() for _ in range(steps)], device) / steps)
+    return first, per_round
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
