@@ -109,7 +109,8 @@ def score_arm(run: Path, metric, samples: int, curve_samples: int, contribution_
         scores = metric.score(sampler.images(seeds, labels, 1.0), np.asarray(labels))
         result["curve"].append({"step": int(checkpoint.name), "samples": count, **scores})
     result["final"] = result["curve"][-1]
-    result["final_psi0.7"] = {"samples": samples, **metric.score(sampler.images(seeds, labels, 0.7), np.asarray(labels))}
+    truncated = metric.score(sampler.images(seeds, labels, 0.7), np.asarray(labels))
+    result["final_psi0.7"] = {"samples": samples, **truncated}
     result["contribution"] = contribution(sampler, contribution_samples)
     for key in ("align/cknna_real", "align/cknna_fake", "loss/D", "loss/G", "loss/REPA", "sec_per_step"):
         result[key] = last_record(run, key)

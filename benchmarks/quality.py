@@ -151,7 +151,7 @@ def screen_report(runs_dir: Path, out: Path) -> list[str]:
     base_seconds = timing.get("baseline")
     budget = None if base_seconds is None else base_seconds * curve(runs_dir / "baseline")[-1]["step"]
     lines = ["| arm | change | s/it | step | FD | recall | precision | consistency | z-spread / real | "
-             "D overfit gap | last FD, recall within the baseline's time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "D overfit gap | last FD, recall within the baseline's time |", "|---" * 11 + "|"]
     fd_series, recall_series = {}, {}
     for arm in arms:
         run, points = runs_dir / arm, curve(runs_dir / arm)
@@ -164,8 +164,9 @@ def screen_report(runs_dir: Path, out: Path) -> list[str]:
             fd_series[arm] = (minutes, [p["eval/fd"] for p in points])
             recall_series[arm] = (minutes, [p["eval/recall"] for p in points])
         z_spread, gap = last_record(run, "diversity/z_spread_vs_real"), last_record(run, "overfit/gap")
-        lines.append(f"| {arm} | {ARMS[arm][0]} | {seconds or float('nan'):.3f} | {end['step']} | {end['eval/fd']:.1f} | "
-                     f"{end['eval/recall']:.3f} | {end['eval/precision']:.3f} | {100 * end['eval/consistency']:.1f}% | "
+        lines.append(f"| {arm} | {ARMS[arm][0]} | {seconds or float('nan'):.3f} | {end['step']} | "
+                     f"{end['eval/fd']:.1f} | {end['eval/recall']:.3f} | {end['eval/precision']:.3f} | "
+                     f"{100 * end['eval/consistency']:.1f}% | "
                      f"{z_spread or float('nan'):.2f} | {gap or float('nan'):.2f} | {equal_time} |")
     if fd_series:
         plot_against_time(out / "screen-fd.png", fd_series, "domain FD (2,000 samples)", "FD during training", log=True)
@@ -227,12 +228,14 @@ def final_report(runs_dir: Path, out: Path, finals: dict[str, list[str]], sample
     cache.write_text(json.dumps(results, indent=2))
     keys = ("fd", "recall", "coverage", "precision", "density", "consistency", "recall_per_class_mean", "spread_mean")
     lines = ["| arm | run | kimg | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    def cells(scores: dict) -> str:
+        return " | ".join(f"{scores[k]:.3f}" for k in keys)
+
     for arm, names in finals.items():
         for name in (n for n in names if n in results):
-            r = results[name]
-            lines.append(f"| {arm} | {name} | {r['kimg']:g} | " + " | ".join(f"{r['scores'][k]:.3f}" for k in keys) + " |")
+            lines.append(f"| {arm} | {name} | {results[name]['kimg']:g} | {cells(results[name]['scores'])} |")
     for label, title in (("ceiling", "tokenizer ceiling"), ("floor", "real-vs-real floor")):
-        lines.append(f"| {title} | test split | | " + " | ".join(f"{results[label]['scores'][k]:.3f}" for k in keys) + " |")
+        lines.append(f"| {title} | test split | | {cells(results[label]['scores'])} |")
     return lines
 
 
@@ -361,7 +364,8 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
         "",
         "## 3. In-training metric against images seen",
         "",
-        *kimg_report(out, {"before": runs_dir / "baseline-full", "after, seed 0 (resumed past 96 kimg)": runs_dir / LONGER,
+        *kimg_report(out, {"before": runs_dir / "baseline-full",
+                           "after, seed 0 (resumed past 96 kimg)": runs_dir / LONGER,
                            "after, seed 1": runs_dir / "after-full-seed1"}, "kimg.png", "FD and recall against kimg"),
         "",
         "## 3b. The same preset with a cosine lr decay over the second half of its budget (seeds 0 and 1)",
@@ -412,7 +416,8 @@ def main() -> None:
     train.add_argument("--full", action="store_true", help="the preset's whole budget instead of the 32-kimg screen")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("overrides", nargs="*", help="extra key=value overrides for every arm (e.g. train.seed=1)")
-    timing = commands_.add_parser("time", help="seconds per iteration of each arm, interleaved -> <runs-dir>/timing.json")
+    timing = commands_.add_parser("time",
+                                  help="seconds per iteration of each arm, interleaved -> <runs-dir>/timing.json")
     timing.add_argument("--arms", nargs="+", default=[a for a in ARMS if a not in SAME_COST], choices=list(ARMS))
     timing.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
     timing.add_argument("--steps", type=int, default=10)
