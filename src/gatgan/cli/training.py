@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 from .arguments import new_command
 
@@ -11,7 +12,8 @@ from .arguments import new_command
 def _train(args: argparse.Namespace) -> None:
     from ..train.config import load_config
     from ..train.distributed import shutdown_distributed
-    from ..train.trainer import Trainer
+    from ..train.launch import run_local_processes, started_by_a_launcher
+    from ..train.trainer import BatchPlan, Trainer
 
     preset = args.config
     if preset is None:  # the embedded default, but never silently for other data
@@ -20,6 +22,13 @@ def _train(args: argparse.Namespace) -> None:
                              "without -c gatgan train uses the fmnist preset, whose settings are for Fashion-MNIST")
         preset = "fmnist"
     config = load_config(preset, args.overrides)  # validated before anything is created or written
+    if config.train.processes > 1 and not started_by_a_launcher():
+        BatchPlan.resolve(config.train.global_batch, config.train.batch_per_device, config.train.processes)
+        argv = [*(["--debug"] if args.debug else []), "train", "-c", preset, *args.overrides]
+        code = run_local_processes(config.train.processes, argv, config.train.threads)
+        if code:
+            sys.exit(code)  # the failing rank has said why
+        return
     try:
         trainer = Trainer(config)
         try:

@@ -118,6 +118,11 @@ class TrainConfig:
     checkpoint_every: int = 1250
     keep_checkpoints: int = 3  # older step folders are deleted; 0 keeps all
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # Local processes that share each batch, started by `gatgan train` itself (data parallel, the
+    # group `torchrun --standalone --nproc_per_node N` would make; the global batch and the maths stay
+    # the same). On a CPU a small model gains more from a second process than from a second thread
+    # (benchmarks/cpu_processes.py). Under torchrun or srun the launcher's count wins
+    processes: int = 1
     # A step whose loss or gradient norm is not finite is not applied: the run goes back to its last
     # checkpoint with every learning rate multiplied by divergence_lr_backoff, at most
     # divergence_retries times per process, then stops with a message naming the step
@@ -214,6 +219,7 @@ RULES: dict[str, Rule] = {
     "train.device": _one_of(("auto", "cpu", "cuda")),
     "train.strategy": _one_of(("ddp", "fsdp")),
     "train.logger": _one_of(("none", "tensorboard", "wandb")),
+    "train.processes": AT_LEAST_ONE,
     "train.log_every": AT_LEAST_ONE,
     "train.sample_every": AT_LEAST_ONE,
     "train.align_every": NON_NEGATIVE,
