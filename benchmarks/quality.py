@@ -327,7 +327,8 @@ MINI_FINALS = {"exponential MNG": ["mini-mng", "mini-mng-seed1"], "MNG off": ["m
 COMPILED_FINALS = {"after-compiled (the preset)": ["after-compiled-full", "after-compiled-full-seed1"],
                    "EMA ramp-up 0.15": ["compiled-ema15-full"], "EMA 20 kimg, ramp-up 0.2": ["compiled-ema20-full"],
                    "base lr 8e-4": ["compiled-lr8e-4-full"],
-                   "R1/R2 weight 1": ["compiled-gamma1-full", "compiled-gamma1-full-seed1"]}
+                   "R1/R2 weight 1": ["compiled-gamma1-full", "compiled-gamma1-full-seed1"],
+                   "R1/R2 weight 0.03": ["compiled-gamma0.03-full", "compiled-gamma0.03-full-seed1"]}
 LONGER = "after-long"  # the `after` arm resumed to a longer budget in its own directory (see FINDINGS)
 
 
