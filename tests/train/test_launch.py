@@ -2,6 +2,11 @@
 batch they cannot split before starting any, and stops every rank when one fails."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from tinyrun import tiny_overrides
@@ -67,3 +72,21 @@ def test_a_run_in_use_stops_every_rank_with_rank_0s_message(tiny_data, tmp_path,
     assert exit_info.value.code == 2
     assert "is in use by another gatgan process" in capfd.readouterr().err
     assert not (tmp_path / "tiny" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_terminating_the_command_stops_its_ranks(tiny_data, tmp_path):
+    """A scheduler's SIGTERM reaches only the process it started: the ranks must not outlive it."""
+    argv = ["train", "-c", "fmnist", *tiny_overrides(tiny_data, tmp_path, **NO_TEACHER,
+                                                     **{"train.processes": 2, "train.kimg": 100})]
+    command = subprocess.Popen([sys.executable, "-m", "gatgan.cli", *argv], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    stats, lock = tmp_path / "tiny" / "stats.jsonl", tmp_path / "tiny" / ".lock"
+    deadline = time.monotonic() + 120
+    while not (stats.is_file() and stats.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    rank_0 = int(lock.read_text().split()[1])  # "pid N on host H", written by rank 0
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(rank_0, 0)

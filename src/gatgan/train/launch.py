@@ -11,6 +11,7 @@ which would wait for it in their next collective until the timeout, are stopped.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,13 +43,26 @@ def run_local_processes(count: int, argv: Sequence[str], threads: int) -> int:
               "process may use: the ranks will share them, and each iteration will take longer", file=sys.stderr)
     ranks = [subprocess.Popen([sys.executable, "-m", "gatgan.cli", *argv],
                               env={**environ, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(count)]
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return _wait_for(ranks)
     except KeyboardInterrupt:  # each rank has it too, and stops as a one-process run does
-        _stop(ranks)
+        _stop(ranks, STOP_GRACE_S)
         raise
+    except _Terminated:  # a scheduler or `kill` stops the run: the ranks, which did not get it, too
+        _stop(ranks, grace=0.0)
+        return 128 + signal.SIGTERM
     finally:
-        _stop(ranks)
+        signal.signal(signal.SIGTERM, previous)
+        _stop(ranks, STOP_GRACE_S)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _wait_for(ranks: list[subprocess.Popen]) -> int:
@@ -62,10 +76,10 @@ def _wait_for(ranks: list[subprocess.Popen]) -> int:
         time.sleep(POLL_S)
 
 
-def _stop(ranks: list[subprocess.Popen]) -> None:
-    """Ranks still running after STOP_GRACE_S (a failed peer leaves them waiting in a collective
-    until its timeout) are terminated, then killed."""
-    deadline = time.monotonic() + STOP_GRACE_S
+def _stop(ranks: list[subprocess.Popen], grace: float) -> None:
+    """Ranks still running after `grace` seconds (a failed peer leaves them waiting in a collective
+    until its timeout) are terminated, then killed if they do not exit within STOP_GRACE_S."""
+    deadline = time.monotonic() + grace
     for rank in ranks:
         try:
             rank.wait(max(0.0, deadline - time.monotonic()))
