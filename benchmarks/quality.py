@@ -34,7 +34,7 @@ SCREEN = ["train.kimg=32", "eval.every=250", "train.checkpoint_every=250", "trai
 # arms stay what they were after the preset changed.
 BEFORE = ["loss.mng.num_levels=4", "optim.base_lr=2e-4", "optim.ema_kimg=0", "optim.ema_rampup=0",
           "optim.lr_decay=none", "loss.penalty.every=1", "train.kimg=72", "train.compile=false",
-          "train.single_generator_pass=false"]
+          "train.single_generator_pass=false", "train.global_batch=32", "train.processes=1"]
 # arm -> (what it changes, overrides of BEFORE)
 ARMS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("the fmnist preset before this study", []),

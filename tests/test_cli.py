@@ -10,6 +10,7 @@ from gatgan.data.inputs import prepare_arrays
 from gatgan.data.prepare import PrepareOptions
 from gatgan.eval.suite import domain_metric
 from gatgan.tokenizers.identity import IdentityTokenizer
+from gatgan.train.config import load_config
 from gatgan.train.trainer import train
 
 
@@ -28,8 +29,11 @@ def domain_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_then_sample_from_the_command_line(tiny_data_with_teacher, tmp_path, capsys):
-    """The shipped preset (REPA on, with the teacher stored with the data, compiled blocks) on the tiny data."""
-    main(["train", "-c", "fmnist", *tiny_overrides(tiny_data_with_teacher, tmp_path, **{"train.compile": True})])
+    """The shipped preset (REPA on, with the teacher stored with the data, compiled blocks, its own
+    number of processes) on the tiny data."""
+    shipped = load_config("fmnist").train
+    main(["train", "-c", "fmnist", *tiny_overrides(tiny_data_with_teacher, tmp_path, **{
+        "train.compile": shipped.compile, "train.processes": shipped.processes})])
     run = tmp_path / "tiny"
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "latest").is_file()
     out, grid = tmp_path / "s.npz", tmp_path / "grid.png"

@@ -56,6 +56,7 @@ def tiny_overrides(data: Path, run_dir: Path, **extra: object) -> list[str]:
         "train.sample_every": 3, "train.checkpoint_every": 3, "train.keep_checkpoints": 0,
         "train.device": "cpu", "eval.every": 0,
         "train.compile": False,  # compiling (the fmnist preset's setting) costs each tiny run ~half a minute
+        "train.processes": 1,  # the fmnist preset's two would start subprocesses, whose output capsys cannot see
         **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]

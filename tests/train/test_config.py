@@ -60,7 +60,7 @@ OUT_OF_RANGE = {
     "train.kimg": "-1", "train.global_batch": "0", "train.batch_per_device": "-4", "train.seed": "-1",
     "train.precision": "fp16", "train.device": "tpu", "train.log_every": "0", "train.sample_every": "0",
     "train.align_every": "-1", "train.diagnose_every": "-50", "train.checkpoint_every": "0",
-    "train.keep_checkpoints": "-1", "train.threads": "-1", "train.divergence_retries": "-1",
+    "train.keep_checkpoints": "-1", "train.threads": "-1", "train.processes": "0", "train.divergence_retries": "-1",
     "train.divergence_lr_backoff": "0", "train.timeout_minutes": "0", "train.strategy": "tpu",
     "train.logger": "mlflow",
     "eval.every": "-1", "eval.metric": "fid", "eval.samples": "1", "eval.truncation": ".inf", "eval.batch_size": "0",
@@ -137,6 +137,7 @@ def test_the_ablation_baseline_stays_the_preset_the_ablations_were_run_with():
     assert (base.optim.base_lr, base.optim.ema_decay, base.optim.ema_kimg, base.train.kimg) == (2e-4, 0.99, 0, 72)
     assert base.optim.lr_decay == "none"
     assert not base.train.compile and not base.train.single_generator_pass
+    assert (base.train.global_batch, base.train.processes) == (32, 1)
 
 
 def test_base_chains_merge_nested_sections_and_overrides_win(tmp_path):
