@@ -87,7 +87,7 @@ ARMS["compiled-gamma0.03"] = ("after-compiled with R1/R2 weighted 0.03 instead o
 # The second core: the preset trains on one thread in one process, so a 2-core machine leaves a core
 # idle. benchmarks/cpu_processes.py (alternating, idle machine, OMP_NUM_THREADS=1 in every run): one
 # process of 32 took 0.258 s per iteration, two processes of 32 (global batch 64) 0.364 s: 1.42x the
-# images per second, so 170 kimg (2,656 iterations) in the preset's time. The 230-kimg arm was sized
+# images per second, so 170 kimg (2,657 iterations) in the preset's time. The 230-kimg arm was sized
 # with an earlier measurement whose single process ran without OMP_NUM_THREADS (0.352 s, too slow):
 # it took ~1.4x the preset's time, and is kept as a longer point of the same recipe.
 TWO_PROCESSES = [*ARMS["after-compiled"][1], "train.processes=2", "train.global_batch=64"]
@@ -323,7 +323,9 @@ FINALS = {"before (72 kimg)": ["baseline-full"], "after (96 kimg)": ["after-full
           "after, R1/R2 every step (72 kimg)": ["after-eager-full"], "after, resumed longer": ["after-long"],
           "after + cosine lr decay (96 kimg)": ["after-decay-full", "after-decay-full-seed1"],
           "after + decay, compiled, one G pass (120 kimg, same time)": ["after-compiled-full",
-                                                                       "after-compiled-full-seed1"]}
+                                                                       "after-compiled-full-seed1"],
+          "the same on two processes of 32 (global batch 64; 170 kimg, same time)": [
+              "compiled-2proc-b64-170-full", "compiled-2proc-b64-170-full-seed1"]}
 # The MNG pair at depth 8: trained to 16 kimg by `train --arms mini-mng mini-mng-off train.kimg=16`
 # (and --seed 1), then resumed to 48 kimg with `gatgan train -c runs/quality/<run>/config.yaml train.kimg=48`.
 MINI_FINALS = {"exponential MNG": ["mini-mng", "mini-mng-seed1"], "MNG off": ["mini-mng-off", "mini-mng-off-seed1"]}
@@ -333,6 +335,12 @@ COMPILED_FINALS = {"after-compiled (the preset)": ["after-compiled-full", "after
                    "base lr 8e-4": ["compiled-lr8e-4-full"],
                    "R1/R2 weight 1": ["compiled-gamma1-full", "compiled-gamma1-full-seed1"],
                    "R1/R2 weight 0.03": ["compiled-gamma0.03-full", "compiled-gamma0.03-full-seed1"]}
+# The second core: two processes of 32 (global batch 64), at the same time and at ~1.4x it.
+TWO_PROCESS_FINALS = {"after-compiled, 1 process of 32 (120 kimg)": ["after-compiled-full",
+                                                                      "after-compiled-full-seed1"],
+                      "2 processes of 32, 170 kimg (the same time)": ["compiled-2proc-b64-170-full",
+                                                                      "compiled-2proc-b64-170-full-seed1"],
+                      "2 processes of 32, 230 kimg (~1.4x the time)": ["compiled-2proc-b64-full"]}
 LONGER = "after-long"  # the `after` arm resumed to a longer budget in its own directory (see FINDINGS)
 
 
@@ -372,7 +380,7 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
         "",
         "Sample grids (rows: classes; columns: seeds 0–9), before then after:",
         "",
-        "![before](grid-baseline-full.png) ![after](grid-after-compiled-full.png)",
+        "![before](grid-baseline-full.png) ![after](grid-compiled-2proc-b64-170-full.png)",
         "",
         "## 3. In-training metric against images seen",
         "",
@@ -399,6 +407,20 @@ def report(runs_dir: Path, out: Path, samples: int) -> None:
                            "compiled, 120 kimg, seed 0": runs_dir / "after-compiled-full",
                            "compiled, 120 kimg, seed 1": runs_dir / "after-compiled-full-seed1"}, "compiled.png",
                      "96 eager vs 120 compiled kimg (same time)"),
+        "",
+        f"## 3d. Both cores: two processes of 32 images, global batch 64 ({samples:,} samples)",
+        "",
+        "One process of 32 (the compiled preset above) against `train.processes=2` with 32 images each; "
+        "`benchmarks/cpu_processes.py` timed 1.42x the images per second, so 170 kimg take the time of 120.",
+        "",
+        *final_report(runs_dir, out, TWO_PROCESS_FINALS, samples),
+        "",
+        *kimg_report(out, {"1 x 32, 120 kimg, seed 0": runs_dir / "after-compiled-full",
+                           "1 x 32, 120 kimg, seed 1": runs_dir / "after-compiled-full-seed1",
+                           "2 x 32, 170 kimg, seed 0": runs_dir / "compiled-2proc-b64-170-full",
+                           "2 x 32, 170 kimg, seed 1": runs_dir / "compiled-2proc-b64-170-full-seed1",
+                           "2 x 32, 230 kimg, seed 0": runs_dir / "compiled-2proc-b64-full"}, "processes.png",
+                     "one process of 32 vs two (same time, and longer)"),
         "",
         f"## 4. MNG at depth 8 (GAT-Mini/2, new recipe, seeds 0 and 1; {samples:,} samples, truncation 1)",
         "",
