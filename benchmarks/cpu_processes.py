@@ -7,8 +7,8 @@ parallel over gloo, each process one thread and its share of every batch).
 
 A small model's matmuls do not get faster with a second thread (the fmnist preset trains on one),
 but a second process that takes half of each batch can: the global batch, and so the maths, stay
-the same. Each run is a real `gatgan train` of the preset for `--steps` iterations in a fresh
-folder, without the monitors, evaluations and sample grids (rank 0 runs those alone, so they do
+the same. Each run is a real `gatgan train ... train.processes=N` of the preset for `--steps`
+iterations in a fresh folder, without the monitors, evaluations and sample grids (rank 0 runs those alone, so they do
 not scale and would blur the step time). Runs alternate between the process counts round by round,
 so that a drift in the machine's speed reaches each count alike. Reported: the mean seconds per
 iteration after the first logging window (which holds the compilation) and the ratio to the first
@@ -28,13 +28,6 @@ from pathlib import Path
 
 LOG_EVERY = 50
 QUIET = ["eval.every=0", "train.align_every=0", "train.diagnose_every=0", f"train.log_every={LOG_EVERY}"]
-
-
-def command(processes: int) -> list[str]:
-    if processes == 1:
-        return [sys.executable, "-m", "gatgan.cli", "train"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "gatgan.cli", "train"]
 
 
 def seconds_per_step(stats: Path) -> float:
@@ -57,8 +50,8 @@ def main() -> None:
     from gatgan.train.config import load_config
 
     config = load_config(args.preset, args.overrides)
-    # every count with the threads the preset asks for, set before torch starts (as train.processes
-    # does for its ranks): without it one process measured 0.352 s per fmnist iteration, with it 0.258
+    # one process with the threads the preset asks for, set before torch starts (train.processes sets
+    # it for its ranks): without it one process measured 0.352 s per fmnist iteration, with it 0.258
     environ = {**os.environ, "OMP_NUM_THREADS": str(config.train.threads or 1)}
     kimg = args.steps * config.train.global_batch / 1000
     seconds: dict[int, list[float]] = {n: [] for n in args.processes}
@@ -68,8 +61,9 @@ def main() -> None:
                 name = f"p{n}-r{round_}"
                 settings = ["-c", args.preset, f"run.dir={tmp}", f"run.name={name}", f"train.kimg={kimg}",
                             f"train.sample_every={args.steps}", f"train.checkpoint_every={args.steps}", *QUIET,
-                            *args.overrides]
-                done = subprocess.run([*command(n), *settings], capture_output=True, text=True, env=environ)
+                            *args.overrides, f"train.processes={n}"]
+                done = subprocess.run([sys.executable, "-m", "gatgan.cli", "train", *settings], capture_output=True,
+                                      text=True, env=environ)
                 if done.returncode:
                     raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
                 seconds[n].append(seconds_per_step(Path(tmp) / name / "stats.jsonl"))
