@@ -44,11 +44,8 @@ def run_local_processes(count: int, argv: Sequence[str], threads: int) -> int:
     ranks = [subprocess.Popen([sys.executable, "-m", "gatgan.cli", *argv],
                               env={**environ, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(count)]
     previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
+    try:  # Ctrl-C: each rank has it too and stops as a one-process run does; `finally` waits for them
         return _wait_for(ranks)
-    except KeyboardInterrupt:  # each rank has it too, and stops as a one-process run does
-        _stop(ranks, STOP_GRACE_S)
-        raise
     except _Terminated:  # a scheduler or `kill` stops the run: the ranks, which did not get it, too
         _stop(ranks, grace=0.0)
         return 128 + signal.SIGTERM
