@@ -104,6 +104,10 @@ ARMS["mini-mng-off"] = ("GAT-Mini/2 (8 blocks), new recipe, MNG off", [*AFTER, *
 FULL = ["eval.every=250"]  # the arm's whole budget (train.kimg), evaluated as often as the screen
 
 
+# Arms that train on several processes (train.processes): `time` runs every arm in one process.
+SEVERAL_PROCESSES = {arm for arm, (_, overrides) in ARMS.items() if "train.processes=2" in overrides}
+
+
 def run_name(arm: str, full: bool, seed: int) -> str:
     return f"{arm}{'-full' if full else ''}{f'-seed{seed}' if seed else ''}"
 
@@ -302,6 +306,9 @@ def seconds_per_step(arms: list[str], steps: int, rounds: int) -> dict[str, floa
     """Seconds per training iteration of each arm on one thread, interleaved in one process (rounds
     of `steps` iterations per arm after 3 warm-up steps; the fastest round counts), so that a load
     on the machine slows every arm alike and the ratios hold."""
+    if several := [arm for arm in arms if arm in SEVERAL_PROCESSES]:
+        raise SystemExit(f"{', '.join(several)} train on several processes, which one process cannot time: "
+                         "use benchmarks/cpu_processes.py")
     import tempfile
 
     import torch
@@ -452,7 +459,8 @@ def main() -> None:
     train.add_argument("overrides", nargs="*", help="extra key=value overrides for every arm (e.g. train.seed=1)")
     timing = commands_.add_parser("time",
                                   help="seconds per iteration of each arm, interleaved -> <runs-dir>/timing.json")
-    timing.add_argument("--arms", nargs="+", default=[a for a in ARMS if a not in SAME_COST], choices=list(ARMS))
+    timing.add_argument("--arms", nargs="+", choices=list(ARMS),
+                        default=[a for a in ARMS if a not in SAME_COST and a not in SEVERAL_PROCESSES])
     timing.add_argument("--runs-dir", type=Path, default=Path("runs/quality"))
     timing.add_argument("--steps", type=int, default=10)
     timing.add_argument("--rounds", type=int, default=3)
